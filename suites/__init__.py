@@ -1,0 +1,1 @@
+"""The check modules run against a target: ``pytest --pyargs bnverify.suites --bn-target=...``."""
