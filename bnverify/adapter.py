@@ -1,0 +1,504 @@
+"""One internal interface for every kind of batch-norm target (SPEC section 2).
+
+A check never knows which kind it is talking to.  It asks the ``BNTarget``
+for an instance with a configuration (``BNConfig``) and drives it through
+``BNInstance``: set parameters and running statistics, run forward in
+training or eval mode, run backward with an upstream gradient, read
+everything back.  Tensors cross the interface as torch tensors; the numpy
+kind converts at its edge.
+
+Every call into user code goes through ``guarded``: an exception, a hang, a
+non-tensor, a wrong shape or a NaN comes back as ``TargetError`` (a failed
+check, with the target's own message), never as a traceback from deep inside
+the harness.  ``NotSupported`` marks a feature the target does not offer
+(an input rank, a dtype, a device): the check is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import threading
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bnverify.conventions import Convention
+
+KINDS = ("torch-module", "torch-functional", "numpy-cs231n")
+
+DEFAULT_CALL_TIMEOUT_S = 60.0
+
+
+class NotSupported(Exception):
+    """The target does not offer this feature; the check is skipped with this reason."""
+
+
+class TargetError(AssertionError):
+    """The target misbehaved (raised, hung, returned garbage): the check fails with this message."""
+
+
+class TargetLoadError(Exception):
+    """The target could not be loaded or its kind not determined: a usage error (exit 2)."""
+
+
+@dataclass(frozen=True)
+class BNConfig:
+    """Constructor arguments of one batch-norm instance, in the target's own convention."""
+
+    num_features: int
+    rank: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+
+    def with_(self, **kw: Any) -> BNConfig:
+        return replace(self, **kw)
+
+
+@dataclass
+class Grads:
+    dx: torch.Tensor
+    dgamma: torch.Tensor | None
+    dbeta: torch.Tensor | None
+
+
+# --------------------------------------------------------------------------- guarded calls
+
+class _Watchdog:
+    """Runs target calls on a worker thread so that a hang becomes a failed check.
+
+    A call that outlives ``timeout`` is reported; its thread cannot be killed,
+    so the target is then marked as hung and later calls fail at once rather
+    than queueing behind it.
+    """
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.hung: str | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], Any], timeout: float | None) -> Any:
+        if self.hung:
+            raise TargetError(f"the target hung earlier ({self.hung}); not called again")
+        if timeout is None or timeout <= 0:
+            return fn()
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bnverify-target")
+            pool = self._pool
+        grad_enabled = torch.is_grad_enabled()
+
+        def call() -> Any:
+            with torch.set_grad_enabled(grad_enabled):
+                return fn()
+
+        fut = pool.submit(call)
+        try:
+            return fut.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self.hung = f"no answer within {timeout:g} s"
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise TargetError(
+                f"the target did not return within {timeout:g} s (--bn-timeout): it hangs or is far too slow"
+            ) from None
+
+
+def _summarise_exception(exc: BaseException) -> str:
+    """``ValueError: msg (at mypkg/bn.py:42 in forward)``: the innermost frame outside the harness."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    for fr in reversed(frames):
+        if "/bnverify/" not in fr.filename.replace("\\", "/") or "/tests/" in fr.filename:
+            where = f" (at {fr.filename}:{fr.lineno} in {fr.name})"
+            break
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}{where}"
+
+
+# --------------------------------------------------------------------------- instances
+
+class BNInstance(ABC):
+    """One constructed batch norm of a target."""
+
+    differentiable: bool = False
+
+    def __init__(self, target: BNTarget, cfg: BNConfig) -> None:
+        self.target = target
+        self.cfg = cfg
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run user code; turn any misbehaviour into ``TargetError`` naming ``what``."""
+        try:
+            return self.target.watchdog.run(fn, self.target.call_timeout)
+        except (TargetError, NotSupported):
+            raise
+        except Exception as exc:  # the target's own failure, reported as such
+            raise TargetError(f"{self.target.name} {what} raised {_summarise_exception(exc)}") from exc
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
+        """Run forward; with ``grad`` the result can be passed to ``backward``."""
+
+    @abstractmethod
+    def backward(self, dout: torch.Tensor) -> Grads:
+        """Gradients of ``sum(out * dout)`` for the last forward run with ``grad=True``."""
+
+    @abstractmethod
+    def get_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+
+    @abstractmethod
+    def set_params(self, gamma: torch.Tensor, beta: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def get_running(self) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+
+    @abstractmethod
+    def set_running(self, mean: torch.Tensor, var: torch.Tensor) -> None: ...
+
+    def gradcheck_fn(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
+        """A pure function of (x, gamma, beta) for ``torch.autograd.gradcheck``, or None."""
+        return None
+
+
+def _as_output(target: BNTarget, what: str, out: Any, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(out, tuple) and len(out) >= 1 and isinstance(out[0], torch.Tensor):
+        raise TargetError(f"{target.name} {what} returned a tuple of {len(out)}; expected one tensor")
+    if not isinstance(out, torch.Tensor):
+        raise TargetError(f"{target.name} {what} returned {type(out).__name__}; expected a torch.Tensor")
+    if tuple(out.shape) != tuple(x.shape):
+        raise TargetError(
+            f"{target.name} {what} returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+            "batch norm keeps the input's shape"
+        )
+    return out
+
+
+class TorchModuleInstance(BNInstance):
+    """An ``nn.Module`` with ``torch.nn.BatchNorm2d``'s constructor; backward through autograd."""
+
+    differentiable = True
+
+    def __init__(self, target: BNTarget, cfg: BNConfig, cls: type) -> None:
+        super().__init__(target, cfg)
+        kwargs: dict[str, Any] = dict(
+            eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine,
+            track_running_stats=cfg.track_running_stats, device=cfg.device, dtype=cfg.dtype,
+        )
+        self.module = self.call("constructor", lambda: cls(cfg.num_features, **kwargs))
+        if not isinstance(self.module, torch.nn.Module):
+            raise TargetError(f"{target.name}(...) returned {type(self.module).__name__}, not an nn.Module")
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
+        self.call("train()" if training else "eval()", lambda: self.module.train(training))
+        xin = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad) if grad else x
+        with torch.set_grad_enabled(grad):
+            out = self.call("forward", lambda: self.module(xin))
+        out = _as_output(self.target, "forward", out, x)
+        self._last = (xin, out) if grad else None
+        return out
+
+    def backward(self, dout: torch.Tensor) -> Grads:
+        if self._last is None:
+            raise RuntimeError("backward() without a forward(grad=True)")
+        xin, out = self._last
+        if not out.requires_grad:
+            raise TargetError(f"{self.target.name} output does not require grad: it is detached from the input")
+        for p in self.module.parameters():
+            p.grad = None
+        self.call("backward", lambda: out.backward(dout))
+        if xin.grad is None:
+            raise TargetError(f"{self.target.name} output is not connected to the input in the autograd graph")
+        w, b = self.get_params()
+        return Grads(xin.grad, None if w is None else w.grad, None if b is None else b.grad)
+
+    def get_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return getattr(self.module, "weight", None), getattr(self.module, "bias", None)
+
+    def set_params(self, gamma: torch.Tensor, beta: torch.Tensor) -> None:
+        w, b = self.get_params()
+        if w is None or b is None:
+            raise TargetError(f"{self.target.name} has no weight/bias parameters with affine=True")
+        with torch.no_grad():
+            w.copy_(gamma)
+            b.copy_(beta)
+
+    def get_running(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        rm = getattr(self.module, "running_mean", None)
+        rv = getattr(self.module, "running_var", None)
+        if rm is None or rv is None:
+            return None
+        return rm, rv
+
+    def set_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        run = self.get_running()
+        if run is None:
+            raise TargetError(f"{self.target.name} has no running_mean/running_var buffers")
+        with torch.no_grad():
+            run[0].copy_(mean)
+            run[1].copy_(var)
+
+    def gradcheck_fn(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
+        w, b = self.get_params()
+        module = self.module
+        module.train(True)
+        if w is None or b is None:
+            return (lambda x: module(x)), ()
+        names = [n for n, p in module.named_parameters() if p is w or p is b]
+        if len(names) != 2:
+            return None
+
+        def f(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(module, {names[0]: gamma, names[1]: beta}, (x,))
+
+        return f, (w.detach().clone(), b.detach().clone())
+
+
+class TorchFunctionalInstance(BNInstance):
+    """A function with ``torch.nn.functional.batch_norm``'s signature; the harness owns the state."""
+
+    differentiable = True
+
+    def __init__(self, target: BNTarget, cfg: BNConfig, fn: Callable[..., Any]) -> None:
+        super().__init__(target, cfg)
+        if cfg.momentum is None:
+            raise NotSupported("a torch-functional target takes a float momentum; momentum=None is a module feature")
+        self.fn = fn
+        kw = {"dtype": cfg.dtype, "device": cfg.device}
+        c = cfg.num_features
+        self.weight = torch.ones(c, **kw) if cfg.affine else None
+        self.bias = torch.zeros(c, **kw) if cfg.affine else None
+        self.running_mean = torch.zeros(c, **kw) if cfg.track_running_stats else None
+        self.running_var = torch.ones(c, **kw) if cfg.track_running_stats else None
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
+
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
+        use_batch = training or self.running_mean is None
+        xin = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad) if grad else x
+        w = None if self.weight is None else self.weight.detach().clone().requires_grad_(grad)
+        b = None if self.bias is None else self.bias.detach().clone().requires_grad_(grad)
+        rm, rv = self.running_mean, self.running_var
+        with torch.set_grad_enabled(grad):
+            out = self.call("call", lambda: self.fn(xin, rm, rv, w, b, use_batch, self.cfg.momentum, self.cfg.eps))
+        out = _as_output(self.target, "call", out, x)
+        self._last = (xin, out, w, b) if grad else None
+        return out
+
+    def backward(self, dout: torch.Tensor) -> Grads:
+        if self._last is None:
+            raise RuntimeError("backward() without a forward(grad=True)")
+        xin, out, w, b = self._last
+        if not out.requires_grad:
+            raise TargetError(f"{self.target.name} output does not require grad: it is detached from the input")
+        self.call("backward", lambda: out.backward(dout))
+        if xin.grad is None:
+            raise TargetError(f"{self.target.name} output is not connected to the input in the autograd graph")
+        return Grads(xin.grad, None if w is None else w.grad, None if b is None else b.grad)
+
+    def get_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return self.weight, self.bias
+
+    def set_params(self, gamma: torch.Tensor, beta: torch.Tensor) -> None:
+        self.weight = gamma.detach().clone()
+        self.bias = beta.detach().clone()
+
+    def get_running(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.running_mean is None or self.running_var is None:
+            return None
+        return self.running_mean, self.running_var
+
+    def set_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        self.running_mean = mean.detach().clone()
+        self.running_var = var.detach().clone()
+
+    def gradcheck_fn(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
+        fn, cfg = self.fn, self.cfg
+        rm = None if self.running_mean is None else self.running_mean.clone()
+        rv = None if self.running_var is None else self.running_var.clone()
+        if self.weight is None:
+            return (lambda x: fn(x, rm, rv, None, None, True, cfg.momentum, cfg.eps)), ()
+        return (
+            lambda x, g, b: fn(x, rm, rv, g, b, True, cfg.momentum, cfg.eps),
+            (self.weight.detach().clone(), self.bias.detach().clone()),
+        )
+
+
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+
+
+class Cs231nInstance(BNInstance):
+    """A cs231n-style numpy module: ``batchnorm_forward``/``batchnorm_backward`` on ``(N, D)`` input.
+
+    Rank-4 input goes to ``spatial_batchnorm_forward``/``_backward`` when the
+    module has them.  Running statistics live in ``bn_param``, which the
+    target updates.
+    """
+
+    def __init__(self, target: BNTarget, cfg: BNConfig, obj: Any) -> None:
+        super().__init__(target, cfg)
+        if cfg.device != "cpu":
+            raise NotSupported("a numpy-cs231n target runs on the CPU only")
+        if cfg.dtype not in _NUMPY_DTYPES:
+            raise NotSupported(f"numpy has no {cfg.dtype}")
+        if cfg.rank == 2:
+            self.fwd, self.bwd = obj.batchnorm_forward, obj.batchnorm_backward
+        elif cfg.rank == 4 and hasattr(obj, "spatial_batchnorm_forward") and hasattr(obj, "spatial_batchnorm_backward"):
+            self.fwd, self.bwd = obj.spatial_batchnorm_forward, obj.spatial_batchnorm_backward
+        else:
+            extra = " or 4-D input to spatial_batchnorm_forward" if cfg.rank == 4 else ""
+            raise NotSupported(
+                f"numpy-cs231n kind: batchnorm_forward takes (N, D) input{extra}; rank {cfg.rank} is not offered"
+            )
+        if not cfg.track_running_stats:
+            raise NotSupported("numpy-cs231n kind always keeps running statistics in bn_param")
+        if cfg.momentum is None:
+            raise NotSupported("numpy-cs231n kind takes a float momentum")
+        npdt = _NUMPY_DTYPES[cfg.dtype]
+        c = cfg.num_features
+        self.npdt = npdt
+        self.gamma = np.ones(c, dtype=npdt)
+        self.beta = np.zeros(c, dtype=npdt)
+        self.bn_param: dict[str, Any] = {
+            "mode": "train", "eps": cfg.eps, "momentum": cfg.momentum,
+            "running_mean": np.zeros(c, dtype=npdt), "running_var": np.ones(c, dtype=npdt),
+        }
+        self._cache: Any = None
+        self._x: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
+        xn = x.detach().cpu().numpy()
+        self.bn_param["mode"] = "train" if training else "test"
+        res = self.call("batchnorm_forward", lambda: self.fwd(xn, self.gamma, self.beta, self.bn_param))
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise TargetError(f"{self.target.name} batchnorm_forward returned {type(res).__name__}; expected (out, cache)")
+        out, cache = res
+        if not isinstance(out, np.ndarray):
+            raise TargetError(f"{self.target.name} batchnorm_forward returned out of type {type(out).__name__}; expected numpy.ndarray")
+        if out.dtype not in (np.float16, np.float32, np.float64):
+            raise TargetError(f"{self.target.name} batchnorm_forward returned dtype {out.dtype}")
+        t = torch.from_numpy(np.array(out, copy=True))
+        t = _as_output(self.target, "batchnorm_forward", t, x)
+        self._cache, self._x = cache, x
+        return t
+
+    def backward(self, dout: torch.Tensor) -> Grads:
+        if self._x is None:
+            raise RuntimeError("backward() without a forward")
+        dn = dout.detach().cpu().numpy()
+        res = self.call("batchnorm_backward", lambda: self.bwd(dn, self._cache))
+        if not (isinstance(res, tuple) and len(res) == 3):
+            raise TargetError(f"{self.target.name} batchnorm_backward returned {type(res).__name__}; expected (dx, dgamma, dbeta)")
+        outs = []
+        for name, a in zip(("dx", "dgamma", "dbeta"), res):
+            if not isinstance(a, np.ndarray):
+                raise TargetError(f"{self.target.name} batchnorm_backward returned {name} of type {type(a).__name__}")
+            outs.append(torch.from_numpy(np.array(a, copy=True)))
+        dx, dg, db = outs
+        if tuple(dx.shape) != tuple(self._x.shape):
+            raise TargetError(f"{self.target.name} batchnorm_backward returned dx of shape {tuple(dx.shape)} for input {tuple(self._x.shape)}")
+        return Grads(dx, dg, db)
+
+    def get_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return torch.from_numpy(self.gamma), torch.from_numpy(self.beta)
+
+    def set_params(self, gamma: torch.Tensor, beta: torch.Tensor) -> None:
+        self.gamma = gamma.detach().cpu().numpy().astype(self.npdt)
+        self.beta = beta.detach().cpu().numpy().astype(self.npdt)
+
+    def get_running(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        rm, rv = self.bn_param.get("running_mean"), self.bn_param.get("running_var")
+        if not isinstance(rm, np.ndarray) or not isinstance(rv, np.ndarray):
+            raise TargetError(f"{self.target.name} left bn_param running statistics that are not arrays")
+        return torch.from_numpy(np.array(rm)), torch.from_numpy(np.array(rv))
+
+    def set_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        self.bn_param["running_mean"] = mean.detach().cpu().numpy().astype(self.npdt)
+        self.bn_param["running_var"] = var.detach().cpu().numpy().astype(self.npdt)
+
+
+# --------------------------------------------------------------------------- targets
+
+_TORCH_BN_BY_RANK = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+
+
+@dataclass
+class BNTarget:
+    """A loaded batch-norm target: how to build instances of it, and what it supports."""
+
+    name: str
+    kind: str
+    obj: Any
+    convention: Convention
+    spec: str = ""
+    version: str = ""
+    source_file: str | None = None
+    call_timeout: float | None = DEFAULT_CALL_TIMEOUT_S
+    by_rank: dict[int, type] | None = None  # the ``torch`` alias: a class per input rank
+    watchdog: _Watchdog = field(default_factory=_Watchdog, repr=False)
+    _rank_probe: dict[int, str | None] = field(default_factory=dict, repr=False)
+    _dtype_probe: dict[torch.dtype, str | None] = field(default_factory=dict, repr=False)
+
+    def instance(self, cfg: BNConfig) -> BNInstance:
+        """Construct one batch norm; raises ``NotSupported`` or ``TargetError``."""
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise NotSupported("CUDA is not available on this machine")
+        if self.kind == "torch-module":
+            cls = self.obj
+            if self.by_rank is not None:
+                if cfg.rank not in self.by_rank:
+                    raise NotSupported(f"no torch.nn.BatchNorm class for rank {cfg.rank}")
+                cls = self.by_rank[cfg.rank]
+            return TorchModuleInstance(self, cfg, cls)
+        if self.kind == "torch-functional":
+            return TorchFunctionalInstance(self, cfg, self.obj)
+        if self.kind == "numpy-cs231n":
+            return Cs231nInstance(self, cfg, self.obj)
+        raise NotSupported(f"kind {self.kind!r} is not a batch norm")
+
+    def probe_rank(self, rank: int, device: str = "cpu") -> str | None:
+        """None if the target runs a training forward at this rank, else why not (its own message)."""
+        if rank not in self._rank_probe:
+            self._rank_probe[rank] = self._probe(rank, torch.float32, device)
+        return self._rank_probe[rank]
+
+    def probe_dtype(self, dtype: torch.dtype, rank: int, device: str = "cpu") -> str | None:
+        """None if the target accepts ``dtype`` at ``rank``, else why not."""
+        if dtype not in self._dtype_probe:
+            self._dtype_probe[dtype] = self._probe(rank, dtype, device)
+        return self._dtype_probe[dtype]
+
+    def _probe(self, rank: int, dtype: torch.dtype, device: str) -> str | None:
+        shape = (4, 3) + (3,) * (rank - 2)
+        try:
+            inst = self.instance(BNConfig(num_features=3, rank=rank, dtype=dtype, device=device))
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            inst.forward(x.to(dtype=dtype, device=device), training=True)
+        except NotSupported as exc:
+            return str(exc)
+        except TargetError as exc:
+            if self.watchdog.hung:
+                raise
+            return str(exc)
+        return None
+
+    def supported_ranks(self, device: str = "cpu") -> list[int]:
+        return [r for r in (2, 3, 4, 5) if self.probe_rank(r, device) is None]
+
+
+def functional_signature_matches(fn: Any) -> bool:
+    """True for a callable whose parameters are those of ``torch.nn.functional.batch_norm``."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+    want = ["input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"]
+    return params[: len(want)] == want or (len(params) >= 8 and params[1:3] == want[1:3])

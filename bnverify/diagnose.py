@@ -1,0 +1,176 @@
+"""Likely causes: when a target is wrong, find which well-known mistake its numbers match.
+
+Each hypothesis recomputes the result in float64 the way a known bug would
+(the classes of ANCHORS part A section 6) and tests the target's numbers
+against it with the same tolerance.  A match is reported as "likely cause";
+nothing is guessed from names.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bnverify.compare import matches
+from bnverify.reference.batchnorm import per_channel, reduction_axes
+from bnverify.tolerances import Tolerance
+
+Hypothesis = tuple[str, Callable[[], np.ndarray]]
+
+
+def _affine(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    nd = x.ndim
+    g = per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd)
+    b = per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd)
+    return g, b
+
+
+def _first_match(actual: np.ndarray, tol: Tolerance, hyps: list[Hypothesis]) -> list[str]:
+    out = []
+    for text, fn in hyps:
+        try:
+            with np.errstate(all="ignore"):
+                alt = fn()
+        except (ValueError, ZeroDivisionError, FloatingPointError):
+            continue
+        if alt is not None and alt.shape == actual.shape and matches(actual, alt, tol):
+            out.append(text)
+    return out
+
+
+def forward_train(
+    actual: np.ndarray, x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
+    tol: Tolerance, dtype: torch.dtype, running: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[str]:
+    axes = reduction_axes(x.ndim)
+    m = x.size // x.shape[1]
+    g, b = _affine(x, gamma, beta)
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    hyps: list[Hypothesis] = [
+        ("the output matches normalisation by the unbiased (m-1) variance; batch norm normalises with the "
+         "biased variance (divide by m) and uses m/(m-1) only for the running estimate",
+         lambda: g * (x - mu) / np.sqrt(var * m / (m - 1) + eps) + b),
+        ("the output matches (x - mean) / (sqrt(var) + eps): eps belongs inside the square root, sqrt(var + eps)",
+         lambda: g * (x - mu) / (np.sqrt(var) + eps) + b),
+        ("the output matches normalisation without eps: sqrt(var + eps) is needed for near-constant channels",
+         lambda: g * (x - mu) / np.sqrt(var) + b),
+        ("the output matches gamma and beta swapped (beta * xhat + gamma)",
+         lambda: b * (x - mu) / np.sqrt(var + eps) + g),
+        ("the output matches the normalised input without the affine transform: gamma and beta were not applied",
+         lambda: (x - mu) / np.sqrt(var + eps)),
+    ]
+    if x.ndim > 2:
+        def per_position() -> np.ndarray:
+            mu0 = x.mean(axis=0, keepdims=True)
+            v0 = ((x - mu0) ** 2).mean(axis=0, keepdims=True)
+            return g * (x - mu0) / np.sqrt(v0 + eps) + b
+        hyps.append(("the output matches statistics taken over the batch axis only (one mean per channel AND "
+                     "position); batch norm reduces over N and every spatial axis", per_position))
+    def layer_norm() -> np.ndarray:
+        ax = tuple(range(1, x.ndim))
+        mu1 = x.mean(axis=ax, keepdims=True)
+        v1 = ((x - mu1) ** 2).mean(axis=ax, keepdims=True)
+        return g * (x - mu1) / np.sqrt(v1 + eps) + b
+    hyps.append(("the output matches statistics per sample (layer norm); batch norm reduces over the batch", layer_norm))
+    if running is not None:
+        rm, rv = running
+        hyps.append(("the output matches the running statistics: training mode must normalise with the batch's own statistics",
+                     lambda: g * (x - per_channel(rm, x.ndim)) / np.sqrt(per_channel(rv, x.ndim) + eps) + b))
+    causes = _first_match(actual, tol, hyps)
+    if not causes:
+        causes += _precision_causes(actual, x, eps, dtype)
+    return causes
+
+
+def _precision_causes(actual: np.ndarray, x: np.ndarray, eps: float, dtype: torch.dtype) -> list[str]:
+    out = []
+    axes = reduction_axes(x.ndim)
+    mu = x.mean(axis=axes)
+    var = ((x - per_channel(mu, x.ndim)) ** 2).mean(axis=axes)
+    kappa = float(np.max(np.sqrt(mu**2 + var) / np.sqrt(var + eps)))
+    if not np.all(np.isfinite(actual)) and dtype in (torch.float16, torch.bfloat16):
+        out.append("NaN/inf with 16-bit input: sums or sums of squares kept in 16 bits overflow (float16 max 65504); "
+                   "accumulate statistics in float32")
+    elif kappa > 30:
+        out.append(f"the error grows with |mean|/std (here up to {kappa:.3g}): the variance is probably computed as "
+                   "E[x^2] - E[x]^2 (catastrophic cancellation); compute it in two passes or with Welford's update")
+    return out
+
+
+def forward_eval(
+    actual: np.ndarray, x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None,
+    rm: np.ndarray, rv: np.ndarray, eps: float, tol: Tolerance,
+) -> list[str]:
+    axes = reduction_axes(x.ndim)
+    g, b = _affine(x, gamma, beta)
+    mean = per_channel(rm, x.ndim)
+    var = per_channel(rv, x.ndim)
+    mu = x.mean(axis=axes, keepdims=True)
+    bvar = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    hyps: list[Hypothesis] = [
+        ("eval output matches the batch's own statistics: eval mode must use running_mean/running_var "
+         "(is the module's training flag read?)", lambda: g * (x - mu) / np.sqrt(bvar + eps) + b),
+        ("eval output matches (x - running_mean) / (sqrt(running_var) + eps): eps belongs inside the square root",
+         lambda: g * (x - mean) / (np.sqrt(var) + eps) + b),
+        ("eval output matches division by running_var + eps without the square root (running_var treated as a std)",
+         lambda: g * (x - mean) / (var + eps) + b),
+        ("eval output matches gamma and beta swapped", lambda: b * (x - mean) / np.sqrt(var + eps) + g),
+    ]
+    return _first_match(actual, tol, hyps)
+
+
+def backward_train(
+    which: str, actual: np.ndarray, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray | None, eps: float,
+    tol: Tolerance,
+) -> list[str]:
+    axes = reduction_axes(x.ndim)
+    m = x.size // x.shape[1]
+    g, _ = _affine(x, gamma, None)
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    s = np.sqrt(var + eps)
+    xhat = (x - mu) / s
+    mdy = dy.mean(axis=axes, keepdims=True)
+    mdyx = (dy * xhat).mean(axis=axes, keepdims=True)
+    if which == "dx":
+        hyps: list[Hypothesis] = [
+            ("dx matches gamma/sigma * dy: the backward treats the batch mean and variance as constants and drops "
+             "both correction terms (-mean(dy) and -xhat*mean(dy*xhat))", lambda: g / s * dy),
+            ("dx matches gamma/sigma * (dy - mean(dy)): the variance's gradient term -xhat*mean(dy*xhat) is missing",
+             lambda: g / s * (dy - mdy)),
+            ("dx matches gamma/sigma * (dy - xhat*mean(dy*xhat)): the mean's gradient term -mean(dy) is missing",
+             lambda: g / s * (dy - xhat * mdyx)),
+            ("dx matches a variance derivative with 1/(m-1): the batch variance is biased (1/m) in the forward pass, "
+             "so its derivative carries 1/m", lambda: g / s * (dy - mdy - xhat * mdyx * m / (m - 1))),
+            ("dx matches the gradient without gamma: dxhat = dy * gamma was skipped", lambda: 1 / s * (dy - mdy - xhat * mdyx)),
+        ]
+        return _first_match(actual, tol, hyps)
+    if which == "dgamma":
+        return _first_match(actual, tol, [
+            ("dgamma matches sum(dy * x): it must be sum(dy * xhat), with the normalised input",
+             lambda: (dy * x).sum(axis=axes)),
+            ("dgamma matches sum(dy): dgamma and dbeta are swapped", lambda: dy.sum(axis=axes)),
+        ])
+    return _first_match(actual, tol, [
+        ("dbeta matches sum(dy * xhat): dgamma and dbeta are swapped", lambda: (dy * xhat).sum(axis=axes)),
+        ("dbeta matches mean(dy): dbeta is a sum over the batch, not a mean", lambda: dy.mean(axis=axes)),
+    ])
+
+
+def backward_eval(actual: np.ndarray, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray | None, eps: float,
+                  tol: Tolerance) -> list[str]:
+    causes = backward_train("dx", actual, x, dy, gamma, eps, tol)
+    axes = reduction_axes(x.ndim)
+    g, _ = _affine(x, gamma, None)
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    s = np.sqrt(var + eps)
+    xhat = (x - mu) / s
+    train_dx = g / s * (dy - dy.mean(axis=axes, keepdims=True) - xhat * (dy * xhat).mean(axis=axes, keepdims=True))
+    if matches(actual, train_dx, tol):
+        return ["eval-mode dx matches the training-mode gradient with batch statistics: in eval the running "
+                "statistics are constants and dx = gamma / sqrt(running_var + eps) * dy"]
+    return [c for c in causes if "constants" not in c]

@@ -1,0 +1,446 @@
+"""The pytest plugin (entry point ``pytest11: bnverify``): options, target loading, results, summary.
+
+Run the suites against a target::
+
+    pytest --pyargs bnverify.suites --bn-target mypkg.bn:MyBatchNorm
+
+The plugin is inert unless a target is given (``--bn-target`` or
+``$BNVERIFY_TARGET``) or suite items are collected; then it loads the
+target once, prints it in the header with the hypothesis seed, filters the
+suites by ``--bn-suite``/``--bn-tier``, collects one ``CheckResult`` per
+check (from ``user_properties``, which pytest-xdist carries back to the
+controller), prints a summary table and, on the controller only, logs the
+invocation to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bnverify.results import USER_PROPERTY_KEY, CheckResult, RunSummary
+
+SUITES = ("forward", "backward", "modes", "invariance", "convergence", "bench")
+TIERS = ("quick", "full")
+TIER_PROFILES = {"quick": "bnverify-ci", "full": "bnverify-full"}
+
+SUMMARY_KEY = pytest.StashKey[RunSummary]()
+TARGET_KEY = pytest.StashKey[Any]()
+STATE_KEY = pytest.StashKey["_State"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("bnverify", "bnverify: check a batch-norm implementation against the float64 reference")
+    g.addoption("--bn-target", default=None, metavar="TARGET",
+                help="MODULE:ATTR, MODULE, or a built-in name (torch, reference); default $BNVERIFY_TARGET")
+    g.addoption("--bn-kind", default=None, choices=["torch-module", "torch-functional", "numpy-cs231n"],
+                help="target kind, when it cannot be detected")
+    g.addoption("--bn-convention", default=None, choices=["torch", "keras", "flax", "cs231n"],
+                help="framework convention the target follows (default torch; cs231n for numpy-cs231n)")
+    g.addoption("--bn-tier", default="quick", choices=TIERS,
+                help="quick: the CI gate (equivalence, modes, invariance); full: adds convergence and benchmarks")
+    g.addoption("--bn-suite", action="append", default=[], metavar="NAME",
+                help=f"run only these suites (repeatable): {', '.join(SUITES)}")
+    g.addoption("--bn-device", default="cpu", help="device for inputs and modules: cpu or cuda[:N]")
+    g.addoption("--bn-seed", type=int, default=None,
+                help="seed for every hypothesis test (printed in the header; default: random)")
+    g.addoption("--bn-max-examples", type=int, default=None, help="hypothesis examples per check (default by tier)")
+    g.addoption("--bn-timeout", type=float, default=60.0,
+                help="seconds one call into the target may take before it counts as hung (0: no limit)")
+    g.addoption("--bn-tracking-uri", default=None, metavar="URI",
+                help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the local SQLite store)")
+    g.addoption("--bn-no-tracking", action="store_true", default=False, help="do not log to MLflow")
+    g.addoption("--bn-report", default=None, metavar="PATH", help="write the run summary as JSON to PATH")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bnverify_suite(name): the bnverify suite a check belongs to")
+    config.addinivalue_line("markers", "bnverify_tier(name): quick (the CI gate) or full")
+    spec = config.getoption("bn_target") or os.environ.get("BNVERIFY_TARGET")
+    state = _State(spec=spec)
+    config.stash[STATE_KEY] = state
+    if not spec:
+        return
+    from bnverify.adapter import TargetLoadError
+    from bnverify.loading import load_target
+
+    try:
+        target = load_target(
+            spec, kind=config.getoption("bn_kind"), convention=config.getoption("bn_convention"),
+            call_timeout=config.getoption("bn_timeout"),
+        )
+    except TargetLoadError as exc:
+        raise pytest.UsageError(f"bnverify: {exc}") from None
+    config.stash[TARGET_KEY] = target
+    _configure_hypothesis(config)
+    config.pluginmanager.register(_Reporter(config), "bnverify-reporter")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Fix the hypothesis seed before hypothesis's own ``pytest_configure`` reads it."""
+    if (config.getoption("bn_target") or os.environ.get("BNVERIFY_TARGET")) is None:
+        return
+    seed = config.getoption("bn_seed")
+    given = config.getoption("hypothesis_seed", default=None)
+    if given is not None:
+        seed = int(given)
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    config.option.bn_seed = seed
+    config.option.hypothesis_seed = str(seed)
+
+
+def _configure_hypothesis(config: pytest.Config) -> None:
+    from hypothesis import HealthCheck, settings
+
+    tier = config.getoption("bn_tier")
+    suppress = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
+                HealthCheck.filter_too_much]
+    common: dict[str, Any] = dict(deadline=None, database=None, print_blob=True, suppress_health_check=suppress)
+    settings.register_profile("bnverify-dev", max_examples=10, **common)
+    settings.register_profile("bnverify-ci", max_examples=20, **common)
+    settings.register_profile("bnverify-full", max_examples=150, **common)
+    if config.getoption("hypothesis_profile", default=None) is None:
+        name = TIER_PROFILES[tier]
+        n = config.getoption("bn_max_examples")
+        if n is not None:
+            settings.register_profile("bnverify-custom", parent=settings.get_profile(name), max_examples=n)
+            name = "bnverify-custom"
+        settings.load_profile(name)
+
+
+class _State:
+    def __init__(self, spec: str | None) -> None:
+        self.spec = spec
+
+
+def _suite_of(item: pytest.Item) -> tuple[str | None, str | None]:
+    m = item.get_closest_marker("bnverify_suite")
+    t = item.get_closest_marker("bnverify_tier")
+    return (m.args[0] if m else None), (t.args[0] if t else None)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    suite_items = [it for it in items if _suite_of(it)[0] is not None]
+    if not suite_items:
+        return
+    if TARGET_KEY not in config.stash:
+        from bnverify.loading import known_names
+
+        raise pytest.UsageError(
+            "bnverify: the suites need a target: pass --bn-target MODULE:ATTR (or set $BNVERIFY_TARGET); "
+            f"known names: {', '.join(known_names())}"
+        )
+    wanted = set(config.getoption("bn_suite") or [])
+    unknown = wanted - set(SUITES)
+    if unknown:
+        raise pytest.UsageError(f"bnverify: unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+    tier = config.getoption("bn_tier")
+    keep, drop = [], []
+    for it in items:
+        suite, item_tier = _suite_of(it)
+        if suite is None:
+            keep.append(it)
+            continue
+        if wanted and suite not in wanted:
+            drop.append(it)
+        elif not wanted and tier == "quick" and item_tier == "full":
+            drop.append(it)
+        else:
+            keep.append(it)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    target = config.stash.get(TARGET_KEY, None)
+    if target is None:
+        return None
+    from hypothesis import settings
+
+    import bnverify
+
+    seed = config.getoption("bn_seed")
+    suites = config.getoption("bn_suite") or ["all of tier " + config.getoption("bn_tier")]
+    return [
+        f"bnverify {bnverify.__version__}: target {target.spec} ({target.name}, kind {target.kind}, "
+        f"convention {target.convention.name}), device {config.getoption('bn_device')}",
+        f"bnverify suites: {', '.join(suites)}; hypothesis seed {seed}, profile "
+        f"{settings.get_current_profile_name()} (max_examples={settings.default.max_examples})",
+        f"bnverify reproduce: bnverify check {target.spec} --seed {seed}"
+        + (f" --kind {target.kind}" if config.getoption("bn_kind") else ""),
+    ]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+class CheckRecorder:
+    """What a check measured: its worst error/tolerance ratio, metrics, and its failure message."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def observe(self, ratio: float, max_abs_err: float | None = None) -> None:
+        cur = self.data.get("worst_ratio")
+        if cur is None or ratio > cur:
+            self.data["worst_ratio"] = float(ratio)
+            if max_abs_err is not None:
+                self.data["max_abs_err"] = float(max_abs_err)
+
+    def metric(self, name: str, value: float) -> None:
+        self.data.setdefault("metrics", {})[name] = float(value)
+
+    def series(self, name: str, values: list[float]) -> None:
+        self.data.setdefault("series", {})[name] = [float(v) for v in values]
+
+    def detail(self, name: str, value: Any) -> None:
+        self.data.setdefault("details", {})[name] = value
+
+
+@pytest.fixture(scope="session")
+def bn_target(request: pytest.FixtureRequest) -> Any:
+    """The loaded ``BNTarget`` under test."""
+    target = request.config.stash.get(TARGET_KEY, None)
+    if target is None:
+        pytest.skip("no bnverify target configured")
+    return target
+
+
+@pytest.fixture(scope="session")
+def bn_device(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("bn_device"))
+
+
+@pytest.fixture
+def bn_check(request: pytest.FixtureRequest) -> CheckRecorder:
+    """Records a check's measurements on the item, for the summary and for MLflow."""
+    data = _item_data(request.node)
+    return CheckRecorder(data)
+
+
+def _item_data(item: pytest.Item) -> dict[str, Any]:
+    for key, value in item.user_properties:
+        if key == USER_PROPERTY_KEY:
+            return value
+    data: dict[str, Any] = {}
+    item.user_properties.append((USER_PROPERTY_KEY, data))
+    return data
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    suite, tier = _suite_of(item)
+    if suite is not None:
+        data = _item_data(item)
+        data["suite"] = suite
+        data["check"] = item.originalname if isinstance(item, pytest.Function) else item.name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    suite, _ = _suite_of(item)
+    if suite is None:
+        return
+    data = _item_data(item)
+    if call.excinfo is not None and report.outcome in ("failed",) and "message" not in data:
+        data["message"] = _message_of(call.excinfo.value)
+    elif report.skipped and "message" not in data and call.excinfo is not None:
+        data["message"] = str(getattr(call.excinfo.value, "msg", call.excinfo.value))
+    report.user_properties = list(item.user_properties)
+
+
+def _message_of(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if hasattr(exc, "exceptions") and not text.startswith("Hypothesis"):
+        inner = getattr(exc, "exceptions", None)
+        if inner:
+            text = "; ".join(_message_of(e) for e in inner[:3])
+    return text
+
+
+# --------------------------------------------------------------------------- results and summary
+
+class _Reporter:
+    """Collects results on the controller; prints the table; writes the report and the MLflow run."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.results: dict[str, CheckResult] = {}
+        self.t0 = time.perf_counter()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = None
+        for key, value in getattr(report, "user_properties", []) or []:
+            if key == USER_PROPERTY_KEY:
+                data = value
+        if not data or "suite" not in data:
+            return
+        res = self.results.get(report.nodeid)
+        if res is None:
+            res = CheckResult(nodeid=report.nodeid, suite=data["suite"], check=_check_name(report.nodeid, data),
+                              outcome="passed")
+            self.results[report.nodeid] = res
+        if report.when == "setup":
+            if report.skipped:
+                res.outcome = "skipped"
+                res.message = _skip_reason(report)
+            elif report.failed:
+                res.outcome = "error"
+                res.message = data.get("message") or _short(report.longreprtext)
+        elif report.when == "call":
+            res.duration_s = report.duration
+            if hasattr(report, "wasxfail"):
+                res.outcome = "xfailed" if report.skipped else "xpassed"
+            elif report.skipped:
+                res.outcome = "skipped"
+                res.message = _skip_reason(report)
+            else:
+                res.outcome = report.outcome
+                if report.failed:
+                    res.message = data.get("message") or _short(report.longreprtext)
+        elif report.when == "teardown" and report.failed and res.outcome == "passed":
+            res.outcome = "error"
+            res.message = _short(report.longreprtext)
+        res.worst_ratio = data.get("worst_ratio", res.worst_ratio)
+        res.max_abs_err = data.get("max_abs_err", res.max_abs_err)
+        res.metrics.update(data.get("metrics", {}))
+        res.series.update(data.get("series", {}))
+        res.details.update(data.get("details", {}))
+
+    def summary(self) -> RunSummary:
+        import torch
+
+        import bnverify
+
+        config = self.config
+        target = config.stash[TARGET_KEY]
+        tags = {
+            "target": target.spec, "target_name": target.name, "kind": target.kind,
+            "convention": target.convention.name, "tier": config.getoption("bn_tier"),
+            "device": config.getoption("bn_device"), "bnverify_version": bnverify.__version__,
+            "torch_version": torch.__version__, "python_version": platform.python_version(),
+        }
+        commit = _git_commit(target.source_file)
+        if commit:
+            tags["target_git_commit"] = commit
+        params = {
+            "target": target.spec, "kind": target.kind, "convention": target.convention.name,
+            "tier": config.getoption("bn_tier"), "device": config.getoption("bn_device"),
+            "seed": config.getoption("bn_seed"), "suites": ",".join(config.getoption("bn_suite") or ["all"]),
+            "timeout_s": config.getoption("bn_timeout"),
+        }
+        return RunSummary(
+            target=target.spec, kind=target.kind, convention=target.convention.name,
+            tier=config.getoption("bn_tier"), device=config.getoption("bn_device"),
+            seed=config.getoption("bn_seed"), params=params, tags=tags,
+            results=sorted(self.results.values(), key=lambda r: (r.suite, r.nodeid)),
+            duration_s=time.perf_counter() - self.t0,
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if hasattr(config, "workerinput"):
+            return
+        summary = self.summary()
+        config.stash[SUMMARY_KEY] = summary
+        text = format_table(summary)
+        terminalreporter.write_sep("=", "bnverify summary")
+        for line in text.splitlines():
+            terminalreporter.write_line(line)
+        self._finish(summary, text, terminalreporter)
+
+    def _finish(self, summary: RunSummary, table: str, tr: Any) -> None:
+        config = self.config
+        path = config.getoption("bn_report")
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(summary.to_json())
+        if config.getoption("bn_no_tracking"):
+            return
+        artifacts: dict[str, Any] = {"report.txt": table}
+        junit = config.getoption("xmlpath", default=None)
+        if junit and Path(junit).exists():
+            artifacts["junit.xml"] = Path(junit)
+        try:
+            from bnverify import tracking
+        except ImportError as exc:  # pragma: no cover - tracking ships with the package
+            tr.write_line(f"bnverify: tracking unavailable ({exc}); results not logged")
+            return
+        outcome = tracking.log_invocation(
+            summary, tracking_uri=config.getoption("bn_tracking_uri"), artifacts=artifacts,
+        )
+        if outcome.message:
+            tr.write_line(f"bnverify: {outcome.message}")
+
+
+def _check_name(nodeid: str, data: dict[str, Any]) -> str:
+    name = nodeid.split("::")[-1]
+    return name
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        return str(lr[2]).removeprefix("Skipped: ")
+    return _short(str(lr))
+
+
+def _short(text: str, n: int = 2000) -> str:
+    return text.strip()[:n]
+
+
+def _git_commit(path: str | None) -> str | None:
+    if not path:
+        return None
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(path).parent), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def format_table(summary: RunSummary) -> str:
+    """The summary table printed at the end of a run, and saved as ``report.txt``."""
+    rows = [("suite", "check", "result", "err/tol", "time", "note")]
+    for r in summary.results:
+        ratio = "" if r.worst_ratio is None else (f"{r.worst_ratio:.3g}" if r.worst_ratio < 1e6 else "inf" if r.worst_ratio == float("inf") else f"{r.worst_ratio:.2e}")
+        note = r.message.strip().splitlines()[0][:110] if r.message.strip() else ""
+        if r.outcome == "passed":
+            note = ""
+        rows.append((r.suite, r.check, r.outcome.upper() if r.failed else r.outcome, ratio, f"{r.duration_s:.2f}s", note))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(row[j].ljust(widths[j]) for j in range(5)) + ("  " + row[5] if row[5] else ""))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    c = summary.counts
+    lines.append("")
+    lines.append(
+        f"{summary.target}: {summary.verdict.upper()} - {c['passed']} passed, {c['failed'] + c['error']} failed, "
+        f"{c['skipped']} skipped in {summary.duration_s:.1f}s (seed {summary.seed})"
+    )
+    failed = [r for r in summary.results if r.failed]
+    if failed:
+        lines.append("")
+        for r in failed:
+            lines.append(f"FAILED {r.suite}/{r.check}")
+            for ln in r.message.strip().splitlines()[:14]:
+                lines.append("    " + ln)
+            lines.append(f"    reproduce: bnverify check {summary.target} --suite {r.suite} --seed {summary.seed}"
+                         + (f" --kind {summary.kind}" if summary.kind == "numpy-cs231n" else "")
+                         + (f" --convention {summary.convention}" if summary.convention not in ("torch", "cs231n") else ""))
+    return "\n".join(lines)

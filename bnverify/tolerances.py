@@ -1,0 +1,260 @@
+"""Every tolerance bnverify applies, derived in one place.
+
+The oracle is the float64 reference evaluated on exactly the values the
+target received (its dtype's values, upcast), so the reference is exact to
+about 1e-16 and the whole allowed error is the target's rounding.  The bounds
+below are first-order rounding-error bounds (Higham, *Accuracy and Stability
+of Numerical Algorithms*, ch. 3-4) for a plain two-pass implementation that
+computes in the *compute dtype*, multiplied by one safety factor ``SAFETY``.
+
+Notation, per channel ``c`` with ``m`` values per channel:
+
+* ``u``      unit roundoff of the compute dtype: float64 2^-53, float32 2^-24;
+  16-bit inputs are computed in float32 (the convention of torch's kernels
+  and of ``native_batch_norm_helper``), so their ``u`` is float32's.
+* ``u_out``  unit roundoff of the output dtype (float16 2^-11, bfloat16 2^-8):
+  the final rounding of each output element.
+* ``g(m)``   growth of a sum of ``m`` terms: ``log2(m) + sqrt(m)``.  Pairwise
+  and tree reductions (torch, numpy, GPU block reductions) are bounded by
+  ``log2(m) u sum|x|``; sequential accumulation by ``(m-1) u sum|x|`` in the
+  worst case but, with independent rounding errors, by ``lambda sqrt(m) u
+  sum|x|`` with probability ``1 - 2 exp(-lambda^2/2)`` (Higham & Mary 2019).
+  With ``SAFETY = 4`` the sqrt term has ``lambda = 4``: a failure probability
+  below 1e-3 per sum *if the bound were tight*, and it is not (it uses
+  ``sum|x|``, not the actual error).
+* ``sigma``  ``sqrt(var + eps)`` of the batch (train) or of the running
+  variance (eval);  ``xhat`` the normalised input.
+* ``kappa``  conditioning of the channel: ``rms(x) / sigma`` = ``sqrt(mean^2 +
+  var) / sqrt(var + eps)``.  The mean is computed to ``g u rms(x)`` absolute,
+  which is ``g u kappa`` in output units: large ``|mean|/std`` is where every
+  implementation loses digits, and this is the honest allowance for it.
+
+Forward (training), per element::
+
+    tol = SAFETY * ( |gamma| (u g (kappa + |xhat|) + u_out (|x|/sigma + 2)) + u_out (|gamma xhat| + |beta|) )
+
+* ``g kappa``: error of the mean, divided by sigma;
+* ``g |xhat|``: relative error of the two-pass variance (``2 g u``, halved by the sqrt);
+* ``|x|/sigma``: rounding of ``x - mean``;  ``2``: the rsqrt and the scaling.  These
+  elementwise steps are allowed the data dtype's ``u_out``: torch's own CPU
+  kernels do them in 16 bits for 16-bit data, and only the reductions need
+  float32 (for float32/float64 data ``u_out = u``).
+
+This bound separates the implementations SPEC section 5 names: a two-pass
+float32 implementation stays below it (measured margin in
+``tests/test_tolerances.py``), while ``E[x^2] - E[x]^2`` has a variance error of
+``g u kappa^2`` relative, i.e. an output error ``~ kappa/(2 SAFETY)`` times the
+bound, and normalising with the ``m-1`` estimator is off by ``|xhat|/(2m)``,
+above the bound for every ``m`` the suites draw in float64 and for
+``m < ~1e3`` in float32.
+
+Backward (training), with ``dy`` the upstream gradient::
+
+    d_xhat     = u g (1 + kappa) + u_out (1 + max|x|/sigma)            (error of xhat, per channel)
+    tol_dx     = SAFETY * ( |gamma|/sigma ((d_xhat + u g)(1+|xhat|) rms(dy) + u_out |dy|) + u_out |dx| )
+    tol_dgamma = SAFETY * ( u g sum|dy xhat| + d_xhat sum|dy| + u_out |dgamma| )
+    tol_dbeta  = SAFETY * ( u g sum|dy| + u_out |dbeta| )
+
+* the two reductions ``mean(dy)`` and ``mean(dy xhat)`` each carry ``g u``;
+* ``xhat`` itself carries the forward's error ``d_xhat``, which enters
+  ``dx`` through ``xhat mean(dy xhat)`` and ``dgamma`` through ``sum dy xhat``.
+
+Eval has no reduction in the forward pass: ``tol = SAFETY (|gamma| u (|x| +
+|mean|)/sigma + 2 |gamma xhat| u + u_out (|gamma xhat| + |beta|))``.
+
+Every bound also gets an absolute floor of ``SAFETY`` times the smallest
+subnormal of the output dtype, so exact zeros compare sanely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bnverify.reference.batchnorm import per_channel, reduction_axes
+
+SAFETY = 4.0
+
+_UNIT_ROUNDOFF = {
+    torch.float64: 2.0**-53,
+    torch.float32: 2.0**-24,
+    torch.float16: 2.0**-11,
+    torch.bfloat16: 2.0**-8,
+}
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Half the machine epsilon of a floating dtype."""
+    try:
+        return _UNIT_ROUNDOFF[dtype]
+    except KeyError:
+        raise TypeError(f"no unit roundoff for dtype {dtype}") from None
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics of 16-bit inputs are held to float32 accuracy."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def growth(m: int) -> float:
+    """``g(m) = log2(m) + sqrt(m)``: error growth of an ``m``-term reduction."""
+    m = max(int(m), 1)
+    return math.log2(m) + math.sqrt(m)
+
+
+def _floor(dtype: torch.dtype) -> float:
+    return SAFETY * float(torch.finfo(dtype).smallest_normal) * unit_roundoff(dtype)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """An elementwise bound and the sentence that explains it in a failure message."""
+
+    bound: np.ndarray
+    explanation: str
+
+
+def _describe(dtype: torch.dtype, m: int, kappa: np.ndarray, kind: str) -> str:
+    u = unit_roundoff(compute_dtype(dtype))
+    k = float(np.max(kappa)) if np.size(kappa) else 1.0
+    out = f", output rounded to {str(dtype).replace('torch.', '')} (u_out={unit_roundoff(dtype):.1e})" if dtype != compute_dtype(dtype) else ""
+    return (
+        f"{kind} bound for a two-pass implementation in {str(compute_dtype(dtype)).replace('torch.', '')}: "
+        f"u={u:.1e}, m={m} values per channel (g(m)={growth(m):.1f}), "
+        f"conditioning kappa=rms(x)/sqrt(var+eps) up to {k:.3g}{out}, safety x{SAFETY:g} "
+        f"(derivation: bnverify.tolerances)"
+    )
+
+
+def _channel_stats(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    axes = reduction_axes(x.ndim)
+    m = x.size // x.shape[1]
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    sigma = np.sqrt(var + eps)
+    kappa = np.sqrt(mean**2 + var) / sigma
+    return mean, sigma, kappa, m
+
+
+def forward_train(
+    x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float, dtype: torch.dtype
+) -> Tolerance:
+    """Elementwise bound on a training-mode output (see the module docstring)."""
+    x = np.asarray(x, dtype=np.float64)
+    nd = x.ndim
+    mean, sigma, kappa, m = _channel_stats(x, eps)
+    xhat = (x - mean) / sigma
+    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    u = unit_roundoff(compute_dtype(dtype))
+    uo = unit_roundoff(dtype)
+    gm = growth(m)
+    bound = SAFETY * (
+        g_ * (u * gm * (kappa + np.abs(xhat)) + uo * (np.abs(x) / sigma + 2.0))
+        + uo * (g_ * np.abs(xhat) + b_)
+    ) + _floor(dtype)
+    return Tolerance(bound, _describe(dtype, m, kappa, "forward"))
+
+
+def forward_eval(
+    x: np.ndarray,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    eps: float,
+    dtype: torch.dtype,
+) -> Tolerance:
+    """Elementwise bound on an eval-mode output: no reduction, only elementwise rounding."""
+    x = np.asarray(x, dtype=np.float64)
+    nd = x.ndim
+    mean = per_channel(running_mean, nd)
+    sigma = np.sqrt(per_channel(running_var, nd) + eps)
+    xhat = (x - mean) / sigma
+    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    u = unit_roundoff(compute_dtype(dtype))
+    uo = unit_roundoff(dtype)
+    bound = SAFETY * (
+        g_ * u * ((np.abs(x) + np.abs(mean)) / sigma + 2.0 * np.abs(xhat) + 1.0)
+        + uo * (g_ * np.abs(xhat) + b_)
+    ) + _floor(dtype)
+    m = x.size // max(x.shape[1], 1)
+    kappa = (np.abs(x) + np.abs(mean)) / sigma
+    return Tolerance(bound, _describe(dtype, m, kappa, "eval forward (no reduction)").replace(
+        "two-pass implementation", "elementwise implementation"))
+
+
+@dataclass(frozen=True)
+class BackwardTolerance:
+    dx: Tolerance
+    dgamma: Tolerance
+    dbeta: Tolerance
+
+
+def backward_train(
+    x: np.ndarray, dy: np.ndarray, gamma: np.ndarray | None, eps: float, dtype: torch.dtype,
+    dx_ref: np.ndarray, dgamma_ref: np.ndarray, dbeta_ref: np.ndarray,
+) -> BackwardTolerance:
+    """Bounds on ``dx`` (elementwise), ``dgamma`` and ``dbeta`` (per channel) in training mode."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = x.ndim
+    axes = reduction_axes(nd)
+    mean, sigma, kappa, m = _channel_stats(x, eps)
+    xhat = (x - mean) / sigma
+    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    u = unit_roundoff(compute_dtype(dtype))
+    uo = unit_roundoff(dtype)
+    gm = growth(m)
+    rms_dy = np.sqrt((dy**2).mean(axis=axes, keepdims=True))
+    fl = _floor(dtype)
+    # error of xhat itself: the mean's (g u kappa) and the elementwise (x - mean) in the data dtype
+    kx = (np.abs(x) / sigma).max(axis=axes, keepdims=True)
+    dxhat = u * gm * (1 + kappa) + uo * (1 + kx)
+    dx_b = SAFETY * (
+        g_ / sigma * ((dxhat + u * gm) * (1 + np.abs(xhat)) * rms_dy + uo * np.abs(dy))
+        + uo * np.abs(dx_ref)
+    ) + fl
+    sum_abs_dy = np.abs(dy).sum(axis=axes)
+    sum_abs_dyx = np.abs(dy * xhat).sum(axis=axes)
+    dg_b = SAFETY * (u * gm * sum_abs_dyx + dxhat.reshape(-1) * sum_abs_dy + uo * np.abs(dgamma_ref)) + fl
+    db_b = SAFETY * (u * gm * sum_abs_dy + uo * np.abs(dbeta_ref)) + fl
+    text = _describe(dtype, m, kappa, "backward")
+    return BackwardTolerance(Tolerance(dx_b, text), Tolerance(dg_b, text), Tolerance(db_b, text))
+
+
+def backward_eval(
+    x: np.ndarray, dy: np.ndarray, gamma: np.ndarray | None, running_mean: np.ndarray,
+    running_var: np.ndarray, eps: float, dtype: torch.dtype,
+    dx_ref: np.ndarray, dgamma_ref: np.ndarray, dbeta_ref: np.ndarray,
+) -> BackwardTolerance:
+    """Bounds for eval-mode gradients: ``dx = gamma/sigma dy`` elementwise, sums for the parameters."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = x.ndim
+    axes = reduction_axes(nd)
+    m = x.size // x.shape[1]
+    mean = per_channel(running_mean, nd)
+    sigma = np.sqrt(per_channel(running_var, nd) + eps)
+    xhat = (x - mean) / sigma
+    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    u = unit_roundoff(compute_dtype(dtype))
+    uo = unit_roundoff(dtype)
+    gm = growth(m)
+    fl = _floor(dtype)
+    elem = (np.abs(x) + np.abs(mean)) / sigma + np.abs(xhat)
+    dx_b = SAFETY * (3 * u * g_ / sigma * np.abs(dy) + uo * np.abs(dx_ref)) + fl
+    dg_b = SAFETY * (u * gm * np.abs(dy * xhat).sum(axis=axes) + u * (np.abs(dy) * elem).sum(axis=axes)
+                     + uo * np.abs(dgamma_ref)) + fl
+    db_b = SAFETY * (u * gm * np.abs(dy).sum(axis=axes) + uo * np.abs(dbeta_ref)) + fl
+    text = _describe(dtype, m, np.ones(1), "eval backward")
+    return BackwardTolerance(Tolerance(dx_b, text), Tolerance(dg_b, text), Tolerance(db_b, text))
+
+
+# Tolerances of checks that are not comparisons to the oracle.
+GRADCHECK = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}
+"""float64 finite differences, torch.autograd.gradcheck's defaults (designed for double precision)."""
