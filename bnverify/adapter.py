@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import signal
 import threading
 import traceback
 from abc import ABC, abstractmethod
@@ -72,28 +73,59 @@ class Grads:
 
 # --------------------------------------------------------------------------- guarded calls
 
-class _Watchdog:
-    """Runs target calls on a worker thread so that a hang becomes a failed check.
+class _Timeout(BaseException):
+    """Raised inside a target call by the alarm; a BaseException so the target cannot swallow it easily."""
 
-    A call that outlives ``timeout`` is reported; its thread cannot be killed,
-    so the target is then marked as hung and later calls fail at once rather
-    than queueing behind it.
+
+class _Watchdog:
+    """Bounds the time of each call into the target, so that a hang becomes a failed check.
+
+    On the main thread of a POSIX process an interval timer (``SIGALRM``)
+    interrupts the call: no extra thread, no measurable overhead.  It stops
+    Python-level loops, sleeps and waits; a hang inside one native call is
+    interrupted when that call returns to Python.  Elsewhere (worker threads,
+    Windows) the call runs on a helper thread and is abandoned after the
+    timeout.  A target that timed out once is marked as hung: later calls fail
+    at once instead of waiting again.
     """
 
     def __init__(self) -> None:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.hung: str | None = None
-        self._lock = threading.Lock()
 
     def run(self, fn: Callable[[], Any], timeout: float | None) -> Any:
         if self.hung:
             raise TargetError(f"the target hung earlier ({self.hung}); not called again")
         if timeout is None or timeout <= 0:
             return fn()
-        with self._lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bnverify-target")
-            pool = self._pool
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+            return self._run_alarm(fn, timeout)
+        return self._run_thread(fn, timeout)
+
+    def _hang(self, timeout: float) -> TargetError:
+        self.hung = f"no answer within {timeout:g} s"
+        return TargetError(
+            f"the target did not return within {timeout:g} s (--bn-timeout): it hangs or is far too slow"
+        )
+
+    def _run_alarm(self, fn: Callable[[], Any], timeout: float) -> Any:
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise _Timeout()
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return fn()
+        except _Timeout:
+            raise self._hang(timeout) from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _run_thread(self, fn: Callable[[], Any], timeout: float) -> Any:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bnverify-target")
+        pool = self._pool
         grad_enabled = torch.is_grad_enabled()
 
         def call() -> Any:
@@ -104,12 +136,9 @@ class _Watchdog:
         try:
             return fut.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
-            self.hung = f"no answer within {timeout:g} s"
             self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
-            raise TargetError(
-                f"the target did not return within {timeout:g} s (--bn-timeout): it hangs or is far too slow"
-            ) from None
+            raise self._hang(timeout) from None
 
 
 def _summarise_exception(exc: BaseException) -> str:

@@ -51,6 +51,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bn-seed", type=int, default=None,
                 help="seed for every hypothesis test (printed in the header; default: random)")
     g.addoption("--bn-max-examples", type=int, default=None, help="hypothesis examples per check (default by tier)")
+    g.addoption("--bn-threads", type=int, default=1,
+                help="torch intra-op threads for the correctness checks (small tensors run fastest on 1)")
     g.addoption("--bn-timeout", type=float, default=60.0,
                 help="seconds one call into the target may take before it counts as hung (0: no limit)")
     g.addoption("--bn-tracking-uri", default=None, metavar="URI",
@@ -78,6 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except TargetLoadError as exc:
         raise pytest.UsageError(f"bnverify: {exc}") from None
     config.stash[TARGET_KEY] = target
+    import torch
+
+    torch.set_num_threads(max(1, config.getoption("bn_threads")))
     _configure_hypothesis(config)
     config.pluginmanager.register(_Reporter(config), "bnverify-reporter")
 
@@ -105,7 +110,7 @@ def _configure_hypothesis(config: pytest.Config) -> None:
                 HealthCheck.filter_too_much]
     common: dict[str, Any] = dict(deadline=None, database=None, print_blob=True, suppress_health_check=suppress)
     settings.register_profile("bnverify-dev", max_examples=10, **common)
-    settings.register_profile("bnverify-ci", max_examples=20, **common)
+    settings.register_profile("bnverify-ci", max_examples=50, **common)
     settings.register_profile("bnverify-full", max_examples=150, **common)
     if config.getoption("hypothesis_profile", default=None) is None:
         name = TIER_PROFILES[tier]

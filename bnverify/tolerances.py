@@ -1,8 +1,10 @@
 """Every tolerance bnverify applies, derived in one place.
 
 The oracle is the float64 reference evaluated on exactly the values the
-target received (its dtype's values, upcast), so the reference is exact to
-about 1e-16 and the whole allowed error is the target's rounding.  The bounds
+target received (its dtype's values, upcast).  For float32 and 16-bit
+targets it is exact by comparison; for float64 targets its own rounding is
+as large as the target's, so every ``u`` below is the target's plus float64's
+(``ORACLE_U``): the bound covers target and oracle together.  The bounds
 below are first-order rounding-error bounds (Higham, *Accuracy and Stability
 of Numerical Algorithms*, ch. 3-4) for a plain two-pass implementation that
 computes in the *compute dtype*, multiplied by one safety factor ``SAFETY``.
@@ -86,12 +88,22 @@ _UNIT_ROUNDOFF = {
 }
 
 
+ORACLE_U = 2.0**-53
+"""The oracle's own unit roundoff: it computes in float64, so for float64 targets its rounding
+is as large as the target's and both are allowed (the bound is for target + oracle)."""
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     """Half the machine epsilon of a floating dtype."""
     try:
         return _UNIT_ROUNDOFF[dtype]
     except KeyError:
         raise TypeError(f"no unit roundoff for dtype {dtype}") from None
+
+
+def _us(dtype: torch.dtype) -> tuple[float, float]:
+    """(u, u_out) for a target of ``dtype``, each plus the oracle's own float64 rounding."""
+    return unit_roundoff(compute_dtype(dtype)) + ORACLE_U, unit_roundoff(dtype) + ORACLE_U
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -149,8 +161,7 @@ def forward_train(
     xhat = (x - mean) / sigma
     g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
     b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
-    u = unit_roundoff(compute_dtype(dtype))
-    uo = unit_roundoff(dtype)
+    u, uo = _us(dtype)
     gm = growth(m)
     bound = SAFETY * (
         g_ * (u * gm * (kappa + np.abs(xhat)) + uo * (np.abs(x) / sigma + 2.0))
@@ -176,8 +187,7 @@ def forward_eval(
     xhat = (x - mean) / sigma
     g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
     b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
-    u = unit_roundoff(compute_dtype(dtype))
-    uo = unit_roundoff(dtype)
+    u, uo = _us(dtype)
     bound = SAFETY * (
         g_ * u * ((np.abs(x) + np.abs(mean)) / sigma + 2.0 * np.abs(xhat) + 1.0)
         + uo * (g_ * np.abs(xhat) + b_)
@@ -207,8 +217,7 @@ def backward_train(
     mean, sigma, kappa, m = _channel_stats(x, eps)
     xhat = (x - mean) / sigma
     g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
-    u = unit_roundoff(compute_dtype(dtype))
-    uo = unit_roundoff(dtype)
+    u, uo = _us(dtype)
     gm = growth(m)
     rms_dy = np.sqrt((dy**2).mean(axis=axes, keepdims=True))
     fl = _floor(dtype)
@@ -242,8 +251,7 @@ def backward_eval(
     sigma = np.sqrt(per_channel(running_var, nd) + eps)
     xhat = (x - mean) / sigma
     g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
-    u = unit_roundoff(compute_dtype(dtype))
-    uo = unit_roundoff(dtype)
+    u, uo = _us(dtype)
     gm = growth(m)
     fl = _floor(dtype)
     elem = (np.abs(x) + np.abs(mean)) / sigma + np.abs(xhat)

@@ -1,0 +1,61 @@
+"""Run the suites in-process and get the ``RunSummary`` back (used by the CLI and the meta-tests)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pytest
+
+from bnverify.plugin import SUMMARY_KEY
+from bnverify.results import RunSummary
+
+
+class _Capture:
+    """A pytest plugin object that keeps the config, to read the summary after the run."""
+
+    def __init__(self) -> None:
+        self.config: pytest.Config | None = None
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self.config = config
+
+
+def run_pytest(args: Sequence[str], plugins: Sequence[Any] = ()) -> tuple[int, RunSummary | None]:
+    """``pytest.main(args)``; returns its exit code and the bnverify summary (None if none was made)."""
+    cap = _Capture()
+    code = pytest.main(list(args), plugins=[cap, *plugins])
+    summary = None
+    if cap.config is not None:
+        summary = cap.config.stash.get(SUMMARY_KEY, None)
+    return int(code), summary
+
+
+def check(
+    target: str,
+    *,
+    kind: str | None = None,
+    convention: str | None = None,
+    suites: Sequence[str] = (),
+    tier: str = "quick",
+    seed: int | None = 0,
+    max_examples: int | None = None,
+    tracking: bool = False,
+    tracking_uri: str | None = None,
+    extra: Sequence[str] = (),
+    quiet: bool = True,
+) -> tuple[int, RunSummary | None]:
+    """Check ``target`` as ``bnverify check`` would, in this process."""
+    args = ["--pyargs", "bnverify.suites", "--bn-target", target, "--bn-tier", tier,
+            "-p", "no:cacheprovider", "-o", "addopts=", "-o", "filterwarnings=", "-q", "--tb=no"]
+    if quiet:
+        args.append("--no-header")
+    for flag, value in (("--bn-kind", kind), ("--bn-convention", convention), ("--bn-seed", seed),
+                        ("--bn-max-examples", max_examples), ("--bn-tracking-uri", tracking_uri)):
+        if value is not None:
+            args += [flag, str(value)]
+    for s in suites:
+        args += ["--bn-suite", s]
+    if not tracking:
+        args.append("--bn-no-tracking")
+    args += list(extra)
+    return run_pytest(args)
