@@ -1,0 +1,3 @@
+"""Meta-tests of bnverify itself (not of any target)."""
+
+pytest_plugins = ["pytester"]
