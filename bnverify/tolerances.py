@@ -266,3 +266,82 @@ def backward_eval(
 # Tolerances of checks that are not comparisons to the oracle.
 GRADCHECK = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}
 """float64 finite differences, torch.autograd.gradcheck's defaults (designed for double precision)."""
+
+
+# --------------------------------------------------------------------------- modes suite (running statistics)
+#
+# Running statistics after k training steps (``bnverify.modes``).  One step with new-batch weight ``w``:
+#
+#     r_mean' = (1-w) r_mean + w mu_B          r_var' = (1-w) r_var + w f sigma_B^2,   f = m/(m-1) or 1
+#
+# * ``mu_B`` is a reduction of ``m`` values: error ``u g(m) rms(x)`` (``rms(x) = sqrt(mu_B^2 + sigma_B^2)``),
+#   as in the forward bound above.
+# * the two-pass ``sigma_B^2`` has relative error ``~ g(m) u`` from the sum of squares, and the rounded
+#   deviations ``x - mu`` add ``u |x| |x - mu|`` per term, i.e. ``u sigma_B rms(x)`` in all:
+#   ``d_var = f u g(m) (sigma_B^2 + sigma_B rms(x)) + u_out f sigma_B^2`` (the last term: the factor ``f``).
+#   A one-pass ``E[x^2] - E[x]^2`` has ``u g(m) rms(x)^2``, ``kappa`` times more, and fails for large means.
+# * the blend itself is three roundings in the buffer dtype: ``u_out (|(1-w) r| + |w b| + |r'|)``.
+# * an earlier step's error is carried with weight ``|1-w| <= 1``.
+#
+# Each new term is multiplied by ``SAFETY``; the carried bound is not multiplied again.  The two estimators
+# differ by ``sigma_B^2 / (m-1)`` and the two momentum meanings by ``|1-2w| |r - b|``: for the sizes the
+# suite draws (``m <= ~1500``) and ``w`` away from 1/2 both are orders of magnitude above this bound, so
+# the checks tell the conventions apart rather than blur them.
+
+def running_update(
+    x: np.ndarray, rm: np.ndarray, rv: np.ndarray, w: float, unbiased: bool, dtype: torch.dtype,
+    mean_bound: np.ndarray, var_bound: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on ``(running_mean, running_var)`` after one more update (see the comment above)."""
+    from bnverify.reference.batchnorm import batch_stats
+
+    mu, var, m = batch_stats(x)
+    f = m / (m - 1) if (unbiased and m > 1) else 1.0
+    u, uo = _us(dtype)
+    gm = growth(m)
+    sigma = np.sqrt(var)
+    rms = np.sqrt(mu**2 + var)
+    d_mean = u * gm * rms
+    d_var = f * u * gm * (var + sigma * rms) + uo * f * var
+    new_m = (1 - w) * np.asarray(rm, np.float64) + w * mu
+    new_v = (1 - w) * np.asarray(rv, np.float64) + w * f * var
+    blend_m = uo * (np.abs((1 - w) * rm) + np.abs(w * mu) + np.abs(new_m))
+    blend_v = uo * (np.abs((1 - w) * rv) + np.abs(w * f * var) + np.abs(new_v))
+    fl = _floor(dtype)
+    bm = abs(1 - w) * mean_bound + SAFETY * (abs(w) * d_mean + blend_m) + fl
+    bv = abs(1 - w) * var_bound + SAFETY * (abs(w) * d_var + blend_v) + fl
+    return bm, bv
+
+
+def folded_layer(
+    z: np.ndarray, z_exact: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None,
+    running_mean: np.ndarray, running_var: np.ndarray, eps: float, dtype: torch.dtype,
+) -> Tolerance:
+    """Eval output of ``layer -> BN`` vs the folded layer applied in float64.
+
+    The target sees ``z`` (the layer output rounded to its dtype); the folded layer computes with the
+    exact ``z_exact``.  So the bound is the eval bound on ``z`` plus the exactly known difference
+    ``|scale| |z - z_exact|`` (``scale = gamma / sqrt(Var + eps)``) plus float64 rounding of the folded
+    layer (``SAFETY * 64 * ORACLE_U * |y|``, a generous count of the float64 operations in a dot product
+    of at most 81 terms).
+    """
+    base = forward_eval(z, gamma, beta, running_mean, running_var, eps, dtype)
+    nd = z.ndim
+    g = per_channel(np.ones(z.shape[1]) if gamma is None else gamma, nd)
+    scale = np.abs(g) / np.sqrt(per_channel(running_var, nd) + eps)
+    y = g * (z - per_channel(running_mean, nd)) / np.sqrt(per_channel(running_var, nd) + eps)
+    extra = scale * np.abs(z - z_exact) * (1 + 1e-6) + SAFETY * 64 * ORACLE_U * (np.abs(y) + 1.0)
+    return Tolerance(base.bound + extra, base.explanation + "; plus the rounding of the layer output to the target "
+                     "dtype times gamma/sqrt(Var+eps)")
+
+
+DEFAULT_EPS_RTOL = 1e-3
+"""Relative tolerance on a *measured* default eps (``bnverify.fingerprint.probe_defaults``): the probe
+reads ``eps = (x / y)^2`` from an eval output with ``running_var = 0``, whose float32 rounding is a few
+``u = 6e-8`` relative; the frameworks' defaults differ by 100x (1e-5 vs 1e-3), and a wrong default is
+never within 0.1%."""
+
+DEFAULT_MOMENTUM_ATOL = 1e-3
+"""Absolute tolerance on a *measured* new-batch weight of the default momentum: one training step from
+running mean 0 gives ``w mu_B`` with ``mu_B`` of order 1, measured to a few float32 ulps; the
+conventions' weights (0.1, 0.01) differ by 0.09."""

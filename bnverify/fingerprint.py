@@ -1,0 +1,377 @@
+"""``bnverify fingerprint TARGET``: which conventions a batch norm follows, measured by probing it.
+
+Nothing is read from names or attributes: every entry comes from running
+the target on inputs built so that the answer shows in its numbers.
+
+* momentum meaning: an instance with ``momentum=0.2``, running mean 0, one
+  training step on a batch with per-channel mean ``mu``: the running mean is
+  ``w mu``, with ``w = 0.2`` (weight of the new batch, torch) or ``0.8``
+  (decay of the old value, Keras/Flax/cs231n/ONNX).
+* default momentum: the same step on ``cls(num_features)`` (torch-module), or
+  with ``momentum`` left out of ``bn_param`` (numpy-cs231n).
+* running-variance estimator: momentum giving the new batch weight 1, a batch
+  of ``m = 4`` values per channel: the running variance is ``4/3 sigma_B^2``
+  (unbiased) or ``sigma_B^2`` (biased).
+* eps default and placement: eval with ``running_var`` in ``{0, eps, 1}`` and
+  ``x = 1``: ``1/sqrt(v + eps)`` (inside the square root) or ``1/(sqrt(v) + eps)``;
+  the default is ``1 / y^2`` at ``v = 0``.
+* EMA zero-debiasing (Haiku's ``ExponentialMovingAverage``): after the first
+  step the running mean equals the batch mean although ``w < 1``.
+* one value per channel, eval updates, eval uses running statistics,
+  ``momentum=None``, ranks, dtypes, the statistics' dtype for float16.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bnverify import tolerances as tols
+from bnverify.adapter import BNConfig, BNInstance, BNTarget, Cs231nInstance, NotSupported, TargetError, TorchModuleInstance
+from bnverify.compare import to_f64
+from bnverify.conventions import CONVENTIONS
+from bnverify.reference import batchnorm as oracle
+
+
+class _DefaultCtorInstance(TorchModuleInstance):
+    """A torch-module instance built as ``cls(num_features)``: every other argument at its default."""
+
+    def __init__(self, target: BNTarget, cfg: BNConfig, cls: type) -> None:
+        BNInstance.__init__(self, target, cfg)
+        self.module = self.call("constructor", lambda: cls(cfg.num_features))
+        if not isinstance(self.module, torch.nn.Module):
+            raise TargetError(f"{target.name}(...) returned {type(self.module).__name__}, not an nn.Module")
+        self._last = None
+
+
+def _probe_rank(target: BNTarget, device: str) -> int:
+    ranks = target.supported_ranks(device)
+    return 2 if (not ranks or 2 in ranks) else ranks[0]
+
+
+def _x(rank: int, c: int, means: np.ndarray, n: int = 4) -> np.ndarray:
+    """``n`` samples per channel (rank 2) or ``n`` values spread over N x spatial: mean ``means``, values +-1, +-2."""
+    base = np.array([-2.0, -1.0, 1.0, 2.0])[:n] if n <= 4 else np.linspace(-2, 2, n)
+    x = base[:, None] + means[None, :]
+    return x.reshape((n, c) + (1,) * (rank - 2))
+
+
+def default_instance(target: BNTarget, device: str, rank: int, c: int = 3) -> BNInstance:
+    """An instance with the target's own defaults: ``cls(C)``, or a ``bn_param`` without eps/momentum."""
+    cfg = BNConfig(num_features=c, rank=rank, device=device)
+    if target.kind == "torch-module":
+        cls = target.obj
+        if target.by_rank is not None:
+            cls = target.by_rank[rank]
+        return _DefaultCtorInstance(target, cfg, cls)
+    if target.kind == "numpy-cs231n":
+        inst = target.instance(cfg)
+        assert isinstance(inst, Cs231nInstance)
+        inst.bn_param.pop("momentum", None)
+        inst.bn_param.pop("eps", None)
+        return inst
+    raise NotSupported(f"kind {target.kind}: eps and momentum are passed on every call; no default to measure")
+
+
+@dataclass
+class Defaults:
+    eps: float | None
+    weight_new: float | None  # weight of the new batch in the first update
+    note: str = ""
+
+
+def _first_weight(inst: BNInstance, rank: int, c: int) -> float:
+    means = np.linspace(1.0, 2.0, c)
+    inst.set_running(torch.zeros(c), torch.ones(c))
+    inst.forward(torch.tensor(_x(rank, c, means), dtype=torch.float32), training=True)
+    run = inst.get_running()
+    if run is None:
+        raise TargetError("no running statistics")
+    return float(np.median(to_f64(run[0]) / means))
+
+
+def _eps_from_eval(inst: BNInstance, rank: int, c: int) -> float:
+    inst.set_params(torch.ones(c), torch.zeros(c)) if inst.get_params()[0] is not None else None
+    inst.set_running(torch.zeros(c), torch.zeros(c))
+    y = to_f64(inst.forward(torch.ones((2, c) + (1,) * (rank - 2)), training=False)).reshape(2, c, -1)[0, :, 0]
+    return float(np.median(1.0 / y**2))
+
+
+def probe_defaults(target: BNTarget, device: str = "cpu") -> Defaults:
+    """The default eps and the new-batch weight of the default momentum, measured."""
+    rank = _probe_rank(target, device)
+    c = 3
+    try:
+        inst = default_instance(target, device, rank, c)
+        w = _first_weight(inst, rank, c)
+        inst = default_instance(target, device, rank, c)
+        eps = _eps_from_eval(inst, rank, c)
+    except (TargetError, NotSupported) as exc:
+        return Defaults(None, None, str(exc))
+    return Defaults(eps, w)
+
+
+# --------------------------------------------------------------------------- the fingerprint
+
+@dataclass
+class Fingerprint:
+    target: str
+    kind: str
+    entries: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, str] = field(default_factory=dict)
+
+    def set(self, key: str, value: Any, evidence: str = "") -> None:
+        self.entries[key] = value
+        if evidence:
+            self.evidence[key] = evidence
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
+
+    def table(self) -> str:
+        rows = [(k.replace("_", " "), _fmt(v)) for k, v in self.entries.items()]
+        w = max(len(r[0]) for r in rows)
+        lines = [f"bnverify fingerprint: {self.target} (kind {self.kind})", ""]
+        for k, v in rows:
+            lines.append(f"  {k.ljust(w)}  {v}")
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) if v else "none"
+    return str(v)
+
+
+def _new(target: BNTarget, device: str, rank: int, c: int = 3, **kw: Any) -> BNInstance:
+    return target.instance(BNConfig(num_features=c, rank=rank, device=device, **kw))
+
+
+def _safe(fp: Fingerprint, key: str, fn: Any) -> None:
+    """Run one probe; a probe the target cannot answer is recorded as such, never guessed."""
+    try:
+        fn()
+    except NotSupported as exc:
+        fp.set(key, f"n/a ({exc})")
+    except TargetError as exc:
+        fp.set(key, f"could not probe: {str(exc)[:160]}")
+
+
+def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
+    """Probe ``target`` and return what it does (see the module docstring for each probe)."""
+    fp = Fingerprint(target.spec or target.name, target.kind)
+    rank = _probe_rank(target, device)
+    c = 3
+    state: dict[str, Any] = {}
+
+    def meaning() -> None:
+        inst = _new(target, device, rank, c, momentum=0.2)
+        w = _first_weight(inst, rank, c)
+        state["w02"] = w
+        if abs(w - 0.2) <= 1e-3:
+            state["kind"] = "update_fraction"
+            fp.set("momentum_meaning", "weight of the new batch: r = (1-m) r + m b (torch)",
+                   "momentum=0.2 gave the new batch weight 0.2")
+        elif abs(w - 0.8) <= 1e-3:
+            state["kind"] = "keep_fraction"
+            fp.set("momentum_meaning", "decay of the old value: r = m r + (1-m) b (Keras, Flax, cs231n, ONNX)",
+                   "momentum=0.2 gave the new batch weight 0.8")
+        elif abs(w - 1.0) <= 1e-3:
+            fp.set("momentum_meaning", "first update equals the batch statistic (zero-debiased EMA?)",
+                   "momentum=0.2 gave the new batch weight 1 on the first step")
+        else:
+            fp.set("momentum_meaning", f"other: momentum=0.2 gave the new batch weight {w:.4g}")
+
+    _safe(fp, "momentum_meaning", meaning)
+
+    def default_momentum() -> None:
+        d = probe_defaults(target, device)
+        if d.weight_new is None:
+            raise NotSupported(d.note)
+        k = state.get("kind")
+        m = d.weight_new if k == "update_fraction" else 1 - d.weight_new if k == "keep_fraction" else d.weight_new
+        fp.set("momentum_default", round(m, 6), f"first step of {target.name}(C) gave the new batch weight {d.weight_new:.4g}")
+        state["default_momentum"] = m
+        if d.eps is not None:
+            state["default_eps"] = d.eps
+
+    _safe(fp, "momentum_default", default_momentum)
+
+    def momentum_none() -> None:
+        inst = _new(target, device, rank, c, momentum=None)
+        xs = [_x(rank, c, np.full(c, v)) for v in (1.0, 3.0, 8.0)]
+        got = []
+        for x in xs:
+            inst.forward(torch.tensor(x, dtype=torch.float32), training=True)
+            run = inst.get_running()
+            assert run is not None
+            got.append(float(to_f64(run[0])[0]))
+        if np.allclose(got, [1.0, 2.0, 4.0], rtol=1e-5):
+            fp.set("momentum_none", "cumulative average (population statistics)", "means 1, 3, 8 gave 1, 2, 4")
+        else:
+            fp.set("momentum_none", f"not a cumulative average: means 1, 3, 8 gave {[round(g, 4) for g in got]}")
+
+    _safe(fp, "momentum_none", momentum_none)
+
+    def estimator() -> None:
+        k = state.get("kind", target.convention.momentum_kind)
+        inst = _new(target, device, rank, c, momentum=1.0 if k == "update_fraction" else 0.0)
+        x = _x(rank, c, np.linspace(-1, 1, c))
+        inst.forward(torch.tensor(x, dtype=torch.float32), training=True)
+        run = inst.get_running()
+        assert run is not None
+        _, var, m = oracle.batch_stats(x)
+        ratio = float(np.median(to_f64(run[1]) / var))
+        if abs(ratio - m / (m - 1)) <= 1e-4:
+            state["unbiased"] = True
+            fp.set("running_var_estimator", "unbiased: m/(m-1) sigma_B^2 (torch, seed 000)",
+                   f"m={m}: stored {ratio:.5g} x the batch variance")
+        elif abs(ratio - 1) <= 1e-4:
+            state["unbiased"] = False
+            fp.set("running_var_estimator", "biased: sigma_B^2 (Keras, Flax, cs231n, ONNX)",
+                   f"m={m}: stored {ratio:.5g} x the batch variance")
+        else:
+            fp.set("running_var_estimator", f"other: stored {ratio:.5g} x the batch variance (m={m})")
+
+    _safe(fp, "running_var_estimator", estimator)
+
+    def eps_default() -> None:
+        d = probe_defaults(target, device)
+        if d.eps is None:
+            raise NotSupported(d.note)
+        fp.set("eps_default", float(f"{d.eps:.4g}"), "eval with running_var=0 and x=1 gave 1/sqrt(eps)")
+        state["default_eps"] = d.eps
+
+    _safe(fp, "eps_default", eps_default)
+
+    def eps_placement() -> None:
+        eps = 0.01
+        inst = _new(target, device, rank, c, eps=eps)
+        inst.set_running(torch.zeros(c), torch.tensor([0.0, eps, 1.0]))
+        y = to_f64(inst.forward(torch.ones((2, c) + (1,) * (rank - 2)), training=False)).reshape(2, c, -1)[0, :, 0]
+        v = np.array([0.0, eps, 1.0])
+        hyps = {"inside the square root: sqrt(var + eps)": 1 / np.sqrt(v + eps),
+                "outside the square root: sqrt(var) + eps": 1 / (np.sqrt(v) + eps),
+                "not used: sqrt(var)": 1 / np.sqrt(np.maximum(v, 1e-300))}
+        for name, h in hyps.items():
+            if np.allclose(y, h, rtol=1e-4):
+                fp.set("eps_placement", name, f"eps=0.01, running_var 0, 0.01, 1 gave {np.round(y, 4).tolist()}")
+                return
+        fp.set("eps_placement", f"other: running_var 0, 0.01, 1 with eps=0.01 gave {np.round(y, 4).tolist()}")
+
+    _safe(fp, "eps_placement", eps_placement)
+
+    def one_value() -> None:
+        inst = _new(target, device, rank, c)
+        run0 = inst.get_running()
+        before = None if run0 is None else (to_f64(run0[0]), to_f64(run0[1]))
+        try:
+            out = inst.forward(torch.ones((1, c) + (1,) * (rank - 2)), training=True)
+            finite = bool(torch.isfinite(out).all())
+            what = f"no error; output {'finite' if finite else 'NaN/inf'}"
+        except TargetError as exc:
+            if target.watchdog.hung:
+                raise
+            what = "raises " + str(exc).split(" raised ", 1)[-1][:120]
+        run = inst.get_running()
+        if run is not None and before is not None:
+            a, b = to_f64(run[0]), to_f64(run[1])
+            if np.array_equal(a, before[0]) and np.array_equal(b, before[1]):
+                what += "; running statistics unchanged"
+            elif np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
+                what += "; running statistics updated"
+            else:
+                what += "; running statistics become NaN/inf"
+        fp.set("one_value_per_channel", what)
+
+    _safe(fp, "one_value_per_channel", one_value)
+
+    def eval_behaviour() -> None:
+        inst = _new(target, device, rank, c)
+        rm, rv = torch.tensor([5.0, -5.0, 0.0]), torch.tensor([4.0, 9.0, 0.25])
+        inst.set_running(rm, rv)
+        x = _x(rank, c, np.zeros(c))
+        y = to_f64(inst.forward(torch.tensor(x, dtype=torch.float32), training=False))
+        run = inst.get_running()
+        assert run is not None
+        updates = not (np.array_equal(to_f64(run[0]), rm.double().numpy())
+                       and np.array_equal(to_f64(run[1]), rv.double().numpy()))
+        fp.set("eval_updates_statistics", "yes" if updates else "no")
+        uses = oracle.forward_eval(x, None, None, rm.double().numpy(), rv.double().numpy(), 1e-5)
+        batch, _ = oracle.forward_train(x, None, None, 1e-5)
+        fp.set("eval_uses_running_statistics",
+               "yes" if np.allclose(y, uses, rtol=1e-4, atol=1e-5) else
+               "no: eval normalises with the batch's statistics" if np.allclose(y, batch, rtol=1e-4, atol=1e-5)
+               else "no: eval output matches neither running nor batch statistics")
+
+    _safe(fp, "eval_updates_statistics", eval_behaviour)
+
+    def debias() -> None:
+        k = state.get("kind", target.convention.momentum_kind)
+        inst = _new(target, device, rank, c, momentum=0.1 if k == "update_fraction" else 0.9)
+        inst.set_running(torch.zeros(c), torch.ones(c))
+        means = np.full(c, 2.0)
+        inst.forward(torch.tensor(_x(rank, c, means), dtype=torch.float32), training=True)
+        run = inst.get_running()
+        assert run is not None
+        first = float(to_f64(run[0])[0])
+        fp.set("ema_zero_debiasing", "yes: the first average equals the batch statistic (Haiku)"
+               if abs(first - 2.0) <= 1e-4 else "no: r = (1-w) r0 + w b from the initial 0/1",
+               f"new batch weight 0.1, batch mean 2 gave running mean {first:.4g}")
+
+    _safe(fp, "ema_zero_debiasing", debias)
+
+    fp.set("supported_ranks", target.supported_ranks(device))
+    dts = []
+    for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        if target.probe_dtype(dt, rank, device) is None:
+            dts.append(str(dt).replace("torch.", ""))
+    fp.set("supported_dtypes", dts)
+
+    def half() -> None:
+        inst = _new(target, device, rank, c, dtype=torch.float16)
+        out = inst.forward(torch.tensor(_x(rank, c, np.ones(c)), dtype=torch.float16), training=True)
+        run = inst.get_running()
+        sd = "none" if run is None else str(run[0].dtype).replace("torch.", "")
+        fp.set("half_input_statistics_dtype", f"running statistics {sd}, output {str(out.dtype).replace('torch.', '')}")
+
+    _safe(fp, "half_input_statistics_dtype", half)
+
+    fp.set("matches_convention", _matching(state))
+    return fp
+
+
+def _matching(state: dict[str, Any]) -> str:
+    """Conventions of SPEC section 4 that agree with every measured aspect."""
+    names = []
+    for conv in CONVENTIONS.values():
+        if "kind" in state and state["kind"] != conv.momentum_kind:
+            continue
+        if "unbiased" in state and state["unbiased"] != conv.unbiased_running_var:
+            continue
+        if "default_eps" in state and abs(state["default_eps"] - conv.default_eps) > tols.DEFAULT_EPS_RTOL * conv.default_eps:
+            continue
+        if "default_momentum" in state and abs(state["default_momentum"] - conv.default_momentum) > tols.DEFAULT_MOMENTUM_ATOL:
+            continue
+        names.append(conv.name)
+    if not names:
+        return "none of torch, keras, flax, cs231n"
+    return ", ".join(names) + (" (defaults not measurable for this kind)" if "default_eps" not in state else "")
+
+
+def run(spec: str, *, kind: str | None = None, device: str = "cpu", as_json: bool = False) -> str:
+    """Load, probe, format: what ``bnverify fingerprint`` prints."""
+    from bnverify.loading import load_target
+
+    target = load_target(spec, kind=kind)
+    fp = fingerprint(target, device)
+    return fp.to_json() if as_json else fp.table()
+
+
+__all__ = ["Defaults", "Fingerprint", "fingerprint", "probe_defaults", "run"]
