@@ -174,3 +174,56 @@ def backward_eval(actual: np.ndarray, x: np.ndarray, dy: np.ndarray, gamma: np.n
         return ["eval-mode dx matches the training-mode gradient with batch statistics: in eval the running "
                 "statistics are constants and dx = gamma / sqrt(running_var + eps) * dy"]
     return [c for c in causes if "constants" not in c]
+
+
+# --------------------------------------------------------------------------- invariance (suite `invariance`)
+
+def scale_break(scale: float, swept: list[tuple[float, bool]], *, gradient: bool = False) -> list[str]:
+    """Where a scale invariance breaks says what kind of magnitude dependence the target has.
+
+    ``swept`` is every (scale, held) pair checked.  Small scales alone point
+    at an absolute floor, clamp or threshold (or an absolute resolution);
+    large ones alone at an overflow guard or a fixed-width accumulator; a
+    difference between ``a`` and ``-a`` at code that looks at the sign.
+    """
+    bad = [a for a, ok in swept if not ok]
+    small = [a for a in bad if abs(a) < 1]
+    large = [a for a in bad if abs(a) > 1]
+    where = "backward" if gradient else "forward"
+    out = []
+    if any(a < 0 for a, _ in swept):
+        out.append("the output does not flip sign exactly with the input: something in the "
+                   f"{where} pass depends on the sign (a max without abs, floor-rounding, a clamp at 0, abs() "
+                   "in a statistic)")
+    if small and not large:
+        out.append(f"it holds at moderate scales and breaks only below |a| = {max(abs(a) for a in small):.3g}: an "
+                   f"absolute constant in the {where} pass, e.g. a floor or clamp on the variance or std "
+                   "(max(std, 1e-3)), a threshold that treats small-variance channels as constant, or fixed-point "
+                   "accumulation with an absolute resolution; eps is the only absolute constant batch norm may have")
+    elif large and not small:
+        out.append(f"it holds at moderate scales and breaks only above |a| = {min(abs(a) for a in large):.3g}: an "
+                   f"overflow guard or pre-scaling in the {where} pass that does not scale eps with the data, or an "
+                   "accumulator that overflows (fixed-point int64, 16-bit sums)")
+    elif small and large:
+        out.append(f"it breaks at both ends of the scale sweep: the {where} pass uses a constant relative to the "
+                   "input's magnitude (eps or a clamp scaled by |x|), or quantises with a fixed step")
+    return out
+
+
+def order_dependence(y: np.ndarray, yp: np.ndarray, x: np.ndarray, xp: np.ndarray, gamma: np.ndarray | None,
+                     beta: np.ndarray | None, eps: float, tol: Tolerance, perm: np.ndarray) -> list[str]:
+    """Hypotheses for a training output that depends on the order of the batch."""
+    g, b = _affine(x, gamma, beta)
+    axes = reduction_axes(x.ndim)
+    n = x.shape[0]
+    for k in range(1, n):
+        def prefix(k: int = k) -> np.ndarray:
+            head = x[:k]
+            mu = head.mean(axis=axes, keepdims=True)
+            var = ((head - mu) ** 2).mean(axis=axes, keepdims=True)
+            return g * (x - mu) / np.sqrt(var + eps) + b
+        if _first_match(y, tol, [("", prefix)]):
+            return [f"the output matches statistics taken from the first {k} of the {n} samples only: batch norm's "
+                    "statistics are over the whole batch, so they cannot depend on its order"]
+    return ["the output depends on the order of the samples: a sequential or partial statistic (a prefix, a "
+            "cumulative mean, a per-sample update of the stats) instead of one mean and variance of the whole batch"]

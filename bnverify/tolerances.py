@@ -345,3 +345,163 @@ DEFAULT_MOMENTUM_ATOL = 1e-3
 """Absolute tolerance on a *measured* new-batch weight of the default momentum: one training step from
 running mean 0 gives ``w mu_B`` with ``mu_B`` of order 1, measured to a few float32 ulps; the
 conventions' weights (0.1, 0.01) differ by 0.09."""
+
+
+# =========================================================================== invariance (suite `invariance`)
+#
+# The invariance checks compare the target with *itself* (at two scales, two
+# shifts, two batch orders), not with the oracle.  Two kinds of bound follow.
+#
+# Exact properties, a power of two ``a = +-2^k``: ``a x`` is exact in binary
+# floating point, and so is ``eps a^2``.  Every correctly rounded operation
+# (+, -, *, /, sqrt) commutes with scaling by a power of two while no
+# intermediate leaves the normal range (the suites keep ``k`` inside it), and
+# the order of a reduction does not depend on the values.  So a correct
+# implementation gives ``BN(a x; eps a^2) = sign(a) (BN(x; eps) - beta) + beta``
+# *bit for bit*, and its backward ``dx(a x) = dx(x) / a`` bit for bit.  What is
+# not exact: an approximate elementwise function (a hardware rsqrt, a
+# vectorised sqrt with a few ulps of error) may round its scaled argument
+# differently.  ``EXACT_ULPS`` ulps of the compute dtype are allowed on each
+# term that such a function touches, relative to the term's own size:
+#
+#     tol_y  = SAFETY * EXACT_ULPS * u * (|gamma xhat| + |beta|)
+#     tol_dx = SAFETY * EXACT_ULPS * u * |gamma|/sigma (|dy| + |mean dy| + |xhat| (1 + mean|dy xhat|))
+#
+# A bug that makes the result depend on the magnitude (a floor, clamp or
+# threshold on the variance or the std, fixed-point accumulation, an overflow
+# guard) shows up as a difference of whole percent against these ulp-sized
+# bounds.  Gradients through a preceding layer (u -> z = layer(u, W)) are
+# formed by the harness in float64 from the target's dz; ``tol_dx`` is carried
+# through the layer's backward with absolute values (|dz - dz'| @ |W| and
+# |dz - dz'|^T @ |u|), plus float64's rounding of that product.
+#
+# Inexact properties (eps held fixed with a = 10^s, a per-channel shift b, a
+# permuted batch) hold in exact arithmetic only up to a known amount, and the
+# target's rounding differs between the two evaluations.  With ``r`` the
+# float64 oracle on exactly the values each evaluation received and
+# ``tol_fwd`` the forward bound above (which grows with |mean|/std, so large
+# shifts get the allowance that cancellation needs), the triangle inequality
+# gives
+#
+#     |t(x') - t(x) - (r(x') - r(x))| <= tol_fwd(x') + tol_fwd(x)
+#
+# where ``r(x') - r(x)`` is the exact effect of eps not being scaled (zero
+# for a shift or a permutation, up to float64 rounding, which ``ORACLE_U`` in
+# ``tol_fwd`` covers).  Negative powers of two are exact except for the affine
+# step, see ``scale_negative_forward``.  Gradients use ``backward_train``'s bounds the same way.
+
+EXACT_ULPS = 4.0
+"""Ulps of the compute dtype allowed per term for an approximate elementwise function (see above)."""
+
+FIXED_EPS_MIN_RATIO = 10.0
+"""Scale-invariance with eps held fixed is checked only where a^2 var >= this * eps ("far above")."""
+
+
+def _exact_u(dtype: torch.dtype) -> float:
+    return SAFETY * EXACT_ULPS * unit_roundoff(compute_dtype(dtype))
+
+
+def scale_exact_forward(
+    x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float, dtype: torch.dtype
+) -> Tolerance:
+    """Bound on ``|t(a x; eps a^2) - sign(a) (t(x; eps) - beta) - beta|`` for a power of two ``a``."""
+    x = np.asarray(x, dtype=np.float64)
+    nd = x.ndim
+    mean, sigma, _kappa, m = _channel_stats(x, eps)
+    xhat = (x - mean) / sigma
+    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    bound = _exact_u(dtype) * (g_ * np.abs(xhat) + b_) + _floor(dtype)
+    return Tolerance(bound, _exact_text(dtype, m))
+
+
+def scale_negative_forward(
+    x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float, dtype: torch.dtype
+) -> Tolerance:
+    """Bound for ``a = -2^k``: the exact-scaling bound plus the affine step's rounding, which negation does not commute with.
+
+    An implementation may fold the affine step into ``y = x s + (beta - mean s)``
+    with ``s = gamma / sigma``.  Negating ``x`` negates ``x s`` and ``mean s``
+    but not ``beta``, so the additions round differently in the two
+    evaluations: each is within ``u_out (|x s| + |mean s| + |beta|)`` of
+    exact, hence twice that between them (``SAFETY`` as everywhere).
+    """
+    base = scale_exact_forward(x, gamma, beta, eps, dtype)
+    x = np.asarray(x, dtype=np.float64)
+    nd = x.ndim
+    mean, sigma, _kappa, _m = _channel_stats(x, eps)
+    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    _, uo = _us(dtype)
+    bound = base.bound + 2 * SAFETY * uo * (g_ * (np.abs(x) + np.abs(mean)) / sigma + b_)
+    return Tolerance(bound, base.explanation.replace(
+        "exact-scaling bound", "negative-scaling bound (exact up to the affine step's rounding, which does not "
+        "commute with negation when beta != 0)"))
+
+
+def scale_exact_dx(
+    x: np.ndarray, dy: np.ndarray, gamma: np.ndarray | None, eps: float, dtype: torch.dtype
+) -> np.ndarray:
+    """Elementwise bound on ``|a dx(a x; eps a^2) - dx(x; eps)|`` for a power of two ``a`` (unscaled units)."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = x.ndim
+    axes = reduction_axes(nd)
+    mean, sigma, _kappa, _m = _channel_stats(x, eps)
+    xhat = (x - mean) / sigma
+    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    mdy = np.abs(dy.mean(axis=axes, keepdims=True))
+    mdyx = np.abs(dy * xhat).mean(axis=axes, keepdims=True)
+    return _exact_u(dtype) * g_ / sigma * (np.abs(dy) + mdy + np.abs(xhat) * (1 + mdyx)) + _floor(dtype)
+
+
+def layer_product_rounding(n_terms: int) -> float:
+    """Relative rounding of the harness's float64 ``dz @ W`` / ``dz^T @ u`` (a ``n_terms`` reduction)."""
+    return SAFETY * ORACLE_U * growth(n_terms)
+
+
+def _exact_text(dtype: torch.dtype, m: int) -> str:
+    return (
+        f"exact-scaling bound: a power-of-two scale commutes with every correctly rounded op, so a correct "
+        f"target is equal bit for bit; {EXACT_ULPS:g} ulps x safety {SAFETY:g} of "
+        f"{str(compute_dtype(dtype)).replace('torch.', '')} (u={unit_roundoff(compute_dtype(dtype)):.1e}) allowed "
+        f"for approximate elementwise functions, m={m} values per channel (derivation: bnverify.tolerances)"
+    )
+
+
+def triangle(tol_a: Tolerance, tol_b: Tolerance, what: str) -> Tolerance:
+    """``tol_a + tol_b``: bound on ``|t(x') - t(x) - (r(x') - r(x))|``, each evaluation within its own bound of its oracle."""
+    bound = tol_a.bound + tol_b.bound
+    return Tolerance(bound, f"{what}: the change of the target's output is compared with the exact float64 change "
+                            f"of the reference, allowing both evaluations' bounds (triangle inequality); each is a "
+                            f"{tol_a.explanation}")
+
+
+def sum_of_bounds(bound: np.ndarray, values: np.ndarray, axes: tuple[int, ...], weight: np.ndarray | None = None) -> np.ndarray:
+    """Bound on ``|sum (w v') - sum (w v)|`` over ``axes`` when ``|v' - v| <= bound``, plus float64 rounding."""
+    w = np.ones_like(values) if weight is None else np.abs(weight)
+    n = int(np.prod([values.shape[a] for a in axes]))
+    return (w * bound).sum(axis=axes) + SAFETY * ORACLE_U * growth(n) * np.abs(w * values).sum(axis=axes)
+
+
+def running_permutation(x: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on the running mean and variance after one training step, between two orders of one batch.
+
+    Each is ``momentum`` (< 1) times the batch statistic (the variance maybe
+    times ``m/(m-1) <= 2``) plus the kept old value, so the difference is at
+    most twice (two evaluations) the error of the batch mean, ``u g rms(x)``,
+    and of the two-pass variance, ``u g (var + 2 std rms(x))``, times 2, plus
+    the rounding of the update itself.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    axes = reduction_axes(x.ndim)
+    m = x.size // x.shape[1]
+    u, _ = _us(dtype)
+    gm = growth(m)
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    rms = np.sqrt(mean**2 + var)
+    fl = _floor(dtype)
+    tm = 2 * SAFETY * (u * gm * rms + 2 * u * (np.abs(mean) + 1)) + fl
+    tv = 2 * SAFETY * (2 * u * gm * (var + 2 * np.sqrt(var) * rms) + 2 * u * (2 * var + 1)) + fl
+    return tm, tv
