@@ -516,6 +516,8 @@ class BNTarget:
         except TargetError as exc:
             if self.watchdog.hung:
                 raise
+            if exc.__cause__ is None:
+                return None  # it ran and returned something wrong: supported, and the checks will say what
             return str(exc)
         return None
 

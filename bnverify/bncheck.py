@@ -198,14 +198,20 @@ def contract(target: BNTarget, case: Case, device: str, check: Any) -> None:
             problems.append(f"{mode}-mode forward modified its input in place ({n} of {x.numel()} values changed): "
                             "callers reuse their tensors; compute into a new tensor")
     x = tensor(case.x, case.dtype, device)
-    inst.forward(x, training=True, grad=True)
     dy = tensor(upstream_grad(np.random.default_rng(case.seed), case.shape, case.dtype), case.dtype, device)
     before = dy.clone()
-    grads = inst.backward(dy)
-    if not torch.equal(dy, before):
-        problems.append("backward modified the upstream gradient in place")
-    if grads.dx.dtype != x.dtype:
-        problems.append(f"dx has dtype {grads.dx.dtype} for {x.dtype} input")
+    try:
+        inst.forward(x, training=True, grad=True)
+        grads = inst.backward(dy)
+    except TargetError as exc:
+        if not problems:
+            raise
+        problems.append(f"backward then failed: {exc}")
+    else:
+        if not torch.equal(dy, before):
+            problems.append("backward modified the upstream gradient in place")
+        if grads.dx.dtype != x.dtype:
+            problems.append(f"dx has dtype {grads.dx.dtype} for {x.dtype} input")
     check.observe(float(len(problems)))
     if problems:
         raise CheckFailure("output contract broken:\n  " + "\n  ".join(problems) + f"\n  case: {case.describe()}")

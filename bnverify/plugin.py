@@ -51,6 +51,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bn-seed", type=int, default=None,
                 help="seed for every hypothesis test (printed in the header; default: random)")
     g.addoption("--bn-max-examples", type=int, default=None, help="hypothesis examples per check (default by tier)")
+    g.addoption("--bn-no-shrink", action="store_true", default=False,
+                help="report the first failing example instead of shrinking it to a minimal one (faster)")
     g.addoption("--bn-threads", type=int, default=1,
                 help="torch intra-op threads for the correctness checks (small tensors run fastest on 1)")
     g.addoption("--bn-timeout", type=float, default=60.0,
@@ -115,8 +117,16 @@ def _configure_hypothesis(config: pytest.Config) -> None:
     if config.getoption("hypothesis_profile", default=None) is None:
         name = TIER_PROFILES[tier]
         n = config.getoption("bn_max_examples")
-        if n is not None:
-            settings.register_profile("bnverify-custom", parent=settings.get_profile(name), max_examples=n)
+        no_shrink = config.getoption("bn_no_shrink")
+        if n is not None or no_shrink:
+            from hypothesis import Phase
+
+            extra: dict[str, Any] = {}
+            if n is not None:
+                extra["max_examples"] = n
+            if no_shrink:
+                extra["phases"] = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+            settings.register_profile("bnverify-custom", parent=settings.get_profile(name), **extra)
             name = "bnverify-custom"
         settings.load_profile(name)
 

@@ -22,8 +22,15 @@ class _Capture:
 
 def run_pytest(args: Sequence[str], plugins: Sequence[Any] = ()) -> tuple[int, RunSummary | None]:
     """``pytest.main(args)``; returns its exit code and the bnverify summary (None if none was made)."""
+    from hypothesis import core, settings
+
     cap = _Capture()
-    code = pytest.main(list(args), plugins=[cap, *plugins])
+    profile, forced = settings.get_current_profile_name(), getattr(core, "global_force_seed", None)
+    try:
+        code = pytest.main(list(args), plugins=[cap, *plugins])
+    finally:  # the run loads its own hypothesis profile and seed: give the caller's back
+        settings.load_profile(profile)
+        core.global_force_seed = forced
     summary = None
     if cap.config is not None:
         summary = cap.config.stash.get(SUMMARY_KEY, None)
@@ -43,6 +50,7 @@ def check(
     tracking_uri: str | None = None,
     extra: Sequence[str] = (),
     quiet: bool = True,
+    shrink: bool = False,
 ) -> tuple[int, RunSummary | None]:
     """Check ``target`` as ``bnverify check`` would, in this process."""
     args = ["--pyargs", "bnverify.suites", "--bn-target", target, "--bn-tier", tier,
@@ -57,5 +65,7 @@ def check(
         args += ["--bn-suite", s]
     if not tracking:
         args.append("--bn-no-tracking")
+    if not shrink:
+        args.append("--bn-no-shrink")
     args += list(extra)
     return run_pytest(args)

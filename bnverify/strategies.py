@@ -145,4 +145,6 @@ def upstream_grad(rng: np.random.Generator, shape: tuple[int, ...], dtype: torch
 
 
 def tensor(a: np.ndarray, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+    """A fresh tensor (never sharing memory with ``a``: a target that writes into its input must
+    not be able to change the values the oracle reads)."""
+    return torch.tensor(np.asarray(a), dtype=dtype, device=device)

@@ -1,0 +1,112 @@
+"""The command line: exit codes 0/1/2, one-line usage errors, and hostile targets reported as failed checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnverify import cli
+from bnverify.runner import check
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--no-tracking", "--max-examples", "3", "--seed", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def test_check_torch_passes(capsys):
+    assert cli.main(["check", "torch", "--suite", "forward", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "bnverify summary" in out and "PASSED" in out
+
+
+@pytest.mark.parametrize("target,needle", [
+    ("no_such_pkg.bn:BN", "cannot import module 'no_such_pkg.bn'"),
+    ("tests.hostile_targets:Missing", "has no attribute 'Missing'"),
+    ("tests.hostile_targets:not_a_batchnorm", "cannot tell what kind of target"),
+    ("nonexistent_module_xyz", "cannot import module"),
+])
+def test_usage_errors_exit_2_with_one_line(capsys, target, needle):
+    assert cli.main(["check", target, *QUICK]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_bad_option_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["check", "torch", "--tier", "warp"])
+    assert exc.value.code == 2
+
+
+def test_missing_cs231n_functions(capsys):
+    assert cli.main(["check", "tests.hostile_targets", "--kind", "numpy-cs231n", *QUICK]) == 2
+    assert "lacks batchnorm_forward and batchnorm_backward" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("attr,needle", [
+    ("RaisesInForward", "raised RuntimeError: CUDA error: invalid configuration argument (simulated)"),
+    ("ReturnsNaN", "are NaN or inf where the reference is finite"),
+    ("WrongShape", "returned shape"),
+])
+def test_hostile_target_is_a_failed_check(attr, needle):
+    code, summary = check(f"tests.hostile_targets:{attr}", suites=["forward"], max_examples=3)
+    assert code == 1 and summary is not None and summary.verdict == "failed"
+    failed = [r for r in summary.results if r.failed]
+    assert failed and all(needle in r.message for r in failed if r.check.startswith("test_forward_train")), \
+        [r.message for r in failed][:2]
+    # every check still ran and was reported
+    assert len(summary.results) >= 10
+
+
+def test_input_mutation_is_reported():
+    code, summary = check("tests.hostile_targets:MutatesInput", suites=["forward"], max_examples=3)
+    assert code == 1
+    contract = [r for r in summary.results if r.check.startswith("test_forward_contract")]
+    assert contract and all(r.failed and "modified its input in place" in r.message for r in contract)
+
+
+def test_hang_is_a_failed_check_not_a_stuck_run():
+    code, summary = check("tests.hostile_targets:Hangs", suites=["forward"], max_examples=2,
+                          extra=["--bn-timeout", "0.5"])
+    assert code == 1
+    msgs = " ".join(r.message for r in summary.results)
+    assert "within 0.5 s" in msgs and ("did not return" in msgs or "hung earlier" in msgs)
+    assert summary.duration_s < 30
+
+
+def test_unsupported_rank_is_skipped_with_the_targets_message():
+    code, summary = check("tests.hostile_targets:OnlyRank2", suites=["forward"], max_examples=3)
+    assert code == 0, [r.message for r in summary.results if r.failed]
+    skipped = [r for r in summary.results if r.outcome == "skipped"]
+    assert any("rank 4 not supported by the target" in r.message and "expected 2D input (got 4D input)" in r.message
+               for r in skipped)
+    assert any(r.outcome == "passed" and "rank2" in r.check for r in summary.results)
+
+
+def test_junitxml_and_report(tmp_path):
+    junit, report = tmp_path / "j.xml", tmp_path / "r.json"
+    assert cli.main(["check", "reference", "--suite", "backward", *QUICK, "--junitxml", str(junit),
+                     "--report", str(report)]) == 0
+    assert "<testsuite" in junit.read_text()
+    from bnverify.results import RunSummary
+
+    s = RunSummary.from_json(report.read_text())
+    assert s.target == "reference" and s.verdict == "passed" and s.seed == 1
+
+
+def test_console_script_from_another_directory(tmp_path):
+    exe = Path(sys.executable).with_name("bnverify")
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run([str(exe), "check", "torch", "--suite", "forward", *QUICK], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = subprocess.run([str(exe), "check", "nope.nope:X"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and "cannot import module" in proc.stderr

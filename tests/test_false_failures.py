@@ -1,0 +1,37 @@
+"""Zero false failures: correct implementations pass every check on 20 different hypothesis seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bnverify.runner import check
+from tests.gallery.registry import CORRECT
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = range(20)
+BUILTIN = [("torch", None), ("reference", None), ("torch.nn.functional:batch_norm", None)]
+
+
+def _suites() -> list[str]:
+    suites_dir = REPO / "suites"
+    names = ["forward", "backward"]
+    for name, module in (("modes", "test_bn_modes.py"), ("invariance", "test_bn_invariance.py")):
+        if (suites_dir / module).exists():
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("target,kind", BUILTIN + list(CORRECT), ids=lambda v: str(v))
+def test_correct_target_passes_on_20_seeds(target, kind, monkeypatch):
+    monkeypatch.chdir(REPO)
+    suites = _suites() if kind is None or kind != "numpy-cs231n" else ["forward", "backward"]
+    failures = []
+    for seed in SEEDS:
+        code, summary = check(target, kind=kind, suites=suites, seed=seed, max_examples=8)
+        assert summary is not None, f"seed {seed}: no summary, exit {code}"
+        bad = [r for r in summary.results if r.failed]
+        failures += [f"seed {seed} {r.suite}/{r.check}: {r.message.splitlines()[0] if r.message else ''}" for r in bad]
+        assert sum(r.outcome == "passed" for r in summary.results) > 0
+    assert not failures, "\n".join(failures[:20])
