@@ -1,0 +1,57 @@
+"""Meta-tests of the modes suite: every gallery bug is caught by its named checks; correct conventions pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnverify.runner import check
+from tests.gallery.registry_modes import CORRECT_CONVENTIONS, MODES_BUGS
+
+
+def _failed(summary):
+    return {r.check.split("[")[0]: r.message for r in summary.results if r.failed}
+
+
+@pytest.mark.parametrize("bug", MODES_BUGS, ids=lambda b: b.id)
+def test_bug_is_caught(bug):
+    code, summary = check(bug.target, kind=bug.kind, suites=bug.suites, seed=0, max_examples=10)
+    assert summary is not None
+    failed = _failed(summary)
+    missing = [c for c in bug.catches if c not in failed]
+    assert code == 1 and not missing, f"{bug.id}: {missing} did not fail; failed: {sorted(failed)}"
+    for name in bug.catches:
+        msg = failed[name]
+        assert msg.strip(), f"{bug.id}: {name} failed without a message"
+
+
+@pytest.mark.parametrize("target,kind,convention", CORRECT_CONVENTIONS, ids=lambda v: str(v))
+@pytest.mark.parametrize("seed", [0, 7])
+def test_correct_convention_passes(target, kind, convention, seed):
+    code, summary = check(target, kind=kind, convention=convention, suites=("modes", "forward", "backward"),
+                          seed=seed, max_examples=10)
+    assert summary is not None
+    assert code == 0, f"{target} under {convention}: {_failed(summary)}"
+
+
+def test_keras_under_torch_names_the_convention():
+    """Under the default convention, a correct Keras-convention module fails with a message naming keras."""
+    code, summary = check("tests.gallery.correct_conventions:KerasBatchNorm", suites=("modes",), seed=0,
+                          max_examples=10)
+    failed = _failed(summary)
+    assert code == 1
+    assert "--convention keras" in failed["test_running_stats"]
+    assert "--convention keras" in failed["test_constructor_defaults"]
+
+
+def test_biased_running_var_message():
+    code, summary = check("tests.gallery.buggy_modes:BiasedRunningVarBatchNorm", suites=("modes",), seed=0,
+                          max_examples=10)
+    msg = _failed(summary)["test_running_stats"]
+    assert "expected" in msg and "got" in msg and "x tolerance" in msg
+    assert "biased estimator" in msg and "B1" in msg
+
+
+def test_torch_under_keras_points_back_to_torch():
+    code, summary = check("torch", convention="keras", suites=("modes",), seed=0, max_examples=10)
+    assert code == 1
+    assert "--convention torch" in _failed(summary)["test_running_stats"]
