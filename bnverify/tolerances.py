@@ -397,6 +397,22 @@ FIXED_EPS_MIN_RATIO = 10.0
 """Scale-invariance with eps held fixed is checked only where a^2 var >= this * eps ("far above")."""
 
 
+def scale_window(dtype: torch.dtype) -> tuple[float, float]:
+    """Range of ``a^2 (var + eps)`` over which the exact scale checks run: ``[max^-1/2, max^1/2]`` of the dtype.
+
+    A plain implementation differentiated by autograd forms ``(var + eps)^(-3/2)``
+    (the derivative of rsqrt) and multiplies it by sums of ``m`` products;
+    inside this window that power stays within ``max^(3/4)`` of 1, which leaves
+    ``max^(1/4)`` (float32: 4e9, float64: 1e77) of headroom for the products
+    before anything overflows or becomes subnormal.  Outside it a correct
+    autograd implementation may return inf/NaN, which is a range limit of the
+    dtype and not a broken invariance.  float32: [5e-20, 2e19]; float64:
+    [7e-155, 1e154].
+    """
+    big = float(torch.finfo(dtype).max)
+    return big**-0.5, big**0.5
+
+
 def _exact_u(dtype: torch.dtype) -> float:
     return SAFETY * EXACT_ULPS * unit_roundoff(compute_dtype(dtype))
 
