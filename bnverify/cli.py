@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", help="write the run summary as JSON to PATH")
     c.add_argument("-v", "--verbose", action="store_true", help="show pytest's full output for failures")
     c.set_defaults(func=cmd_check)
+    f = sub.add_parser("fingerprint", help="which batch-norm conventions a target follows, measured by probing it",
+                       description="Probe TARGET and print which conventions it follows (SPEC section 4): momentum "
+                                   "meaning and default, running-variance estimator, eps default and placement, ...")
+    f.add_argument("target", help="MODULE:ATTR, MODULE, or a built-in name: torch, reference")
+    f.add_argument("--kind", choices=["torch-module", "torch-functional", "numpy-cs231n"],
+                   help="target kind, when it cannot be detected")
+    f.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    f.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    f.set_defaults(func=cmd_fingerprint)
     try:
         from bnverify import tracking_cli
     except ImportError:  # pragma: no cover - ships with the package
@@ -100,6 +109,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     if summary is None:
         return EXIT_USAGE if code not in (0, 1) else int(code)
     return EXIT_FAILED if summary.verdict == "failed" or code == pytest.ExitCode.TESTS_FAILED else EXIT_OK
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from bnverify.adapter import TargetLoadError
+    from bnverify.fingerprint import run
+
+    try:
+        print(run(args.target, kind=args.kind, device=args.device, as_json=args.json))
+    except TargetLoadError as exc:
+        print(f"bnverify: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

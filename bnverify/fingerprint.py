@@ -278,7 +278,7 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
         except TargetError as exc:
             if target.watchdog.hung:
                 raise
-            what = "raises " + str(exc).split(" raised ", 1)[-1][:120]
+            what = "raises " + str(exc).split(" raised ", 1)[-1].split(" (at ", 1)[0][:120]
         run = inst.get_running()
         if run is not None and before is not None:
             a, b = to_f64(run[0]), to_f64(run[1])
