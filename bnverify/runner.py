@@ -22,15 +22,20 @@ class _Capture:
 
 def run_pytest(args: Sequence[str], plugins: Sequence[Any] = ()) -> tuple[int, RunSummary | None]:
     """``pytest.main(args)``; returns its exit code and the bnverify summary (None if none was made)."""
-    from hypothesis import core, settings
+    import sys
 
     cap = _Capture()
-    profile, forced = settings.get_current_profile_name(), getattr(core, "global_force_seed", None)
+    saved = None
+    if "hypothesis" in sys.modules:  # importing it here first would spoil pytest's assertion rewriting
+        from hypothesis import core, settings
+
+        saved = (settings.get_current_profile_name(), getattr(core, "global_force_seed", None))
     try:
         code = pytest.main(list(args), plugins=[cap, *plugins])
     finally:  # the run loads its own hypothesis profile and seed: give the caller's back
-        settings.load_profile(profile)
-        core.global_force_seed = forced
+        if saved is not None:
+            settings.load_profile(saved[0])
+            core.global_force_seed = saved[1]
     summary = None
     if cap.config is not None:
         summary = cap.config.stash.get(SUMMARY_KEY, None)
