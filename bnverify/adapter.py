@@ -30,7 +30,9 @@ import torch
 
 from bnverify.conventions import Convention
 
-KINDS = ("torch-module", "torch-functional", "numpy-cs231n")
+KINDS = ("torch-module", "torch-functional", "numpy-cs231n", "torch-dropout")
+"""Kinds ``--kind`` accepts; ``torch-dropout`` (an ``nn.Module`` with ``torch.nn.Dropout``'s constructor) is
+never detected, only named, so a plain ``nn.Module`` stays ``torch-module``."""
 
 DEFAULT_CALL_TIMEOUT_S = 60.0
 
@@ -472,6 +474,7 @@ class BNTarget:
     source_file: str | None = None
     call_timeout: float | None = DEFAULT_CALL_TIMEOUT_S
     by_rank: dict[int, type] | None = None  # the ``torch`` alias: a class per input rank
+    dropout_scaling: str = "inverted"  # torch-dropout only: "inverted" or "direct" (seed 001)
     watchdog: _Watchdog = field(default_factory=_Watchdog, repr=False)
     _rank_probe: dict[int, str | None] = field(default_factory=dict, repr=False)
     _dtype_probe: dict[torch.dtype, str | None] = field(default_factory=dict, repr=False)

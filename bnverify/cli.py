@@ -35,10 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="run the check suites against a target",
                        description="Run the check suites against TARGET and report pass/fail per check.")
     c.add_argument("target", help="MODULE:ATTR, MODULE, or a built-in name: torch, reference")
-    c.add_argument("--kind", choices=["torch-module", "torch-functional", "numpy-cs231n"],
+    c.add_argument("--kind", choices=["torch-module", "torch-functional", "numpy-cs231n", "torch-dropout"],
                    help="target kind, when it cannot be detected")
-    c.add_argument("--convention", choices=["torch", "keras", "flax", "cs231n"],
-                   help="framework convention of the target (default torch; cs231n for numpy-cs231n)")
+    c.add_argument("--convention", choices=["torch", "keras", "flax", "cs231n", "inverted", "direct"],
+                   help="framework convention of the target (default torch; cs231n for numpy-cs231n); "
+                        "for --kind torch-dropout: inverted (default) or direct")
     c.add_argument("--tier", choices=TIERS, default="quick", help="quick (CI gate, default) or full")
     c.add_argument("--suite", action="append", choices=SUITES, metavar="NAME",
                    help=f"run only this suite (repeatable): {', '.join(SUITES)}")

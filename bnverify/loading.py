@@ -148,6 +148,16 @@ def load_target(
                 source_file=_source_file(obj),
             )
         target.spec = spec
+    if target.kind == "torch-dropout":
+        from bnverify.dropout import scaling_for
+
+        try:
+            target.dropout_scaling = scaling_for(convention)
+        except ValueError as exc:
+            raise TargetLoadError(str(exc)) from None
+        convention = None
+    elif convention in ("inverted", "direct"):
+        raise TargetLoadError(f"convention {convention!r} names a dropout scaling; it applies to --kind torch-dropout only")
     try:
         if convention:
             target.convention = get_convention(convention)
@@ -161,6 +171,8 @@ def load_target(
 def _validate(obj: Any, kind: str, spec: str) -> None:
     if kind == "torch-module" and not (inspect.isclass(obj) and issubclass(obj, torch.nn.Module)):
         raise TargetLoadError(f"{spec!r} is not an nn.Module subclass, so it cannot be of kind torch-module")
+    if kind == "torch-dropout" and not (inspect.isclass(obj) and issubclass(obj, torch.nn.Module)):
+        raise TargetLoadError(f"{spec!r} is not an nn.Module subclass, so it cannot be of kind torch-dropout")
     if kind == "torch-functional" and not callable(obj):
         raise TargetLoadError(f"{spec!r} is not callable, so it cannot be of kind torch-functional")
     if kind == "numpy-cs231n":

@@ -26,7 +26,7 @@ import pytest
 
 from bnverify.results import USER_PROPERTY_KEY, CheckResult, RunSummary
 
-SUITES = ("forward", "backward", "modes", "invariance", "convergence", "bench")
+SUITES = ("forward", "backward", "modes", "invariance", "convergence", "bench", "dropout")
 TIERS = ("quick", "full")
 TIER_PROFILES = {"quick": "bnverify-ci", "full": "bnverify-full"}
 
@@ -39,9 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("bnverify", "bnverify: check a batch-norm implementation against the float64 reference")
     g.addoption("--bn-target", default=None, metavar="TARGET",
                 help="MODULE:ATTR, MODULE, or a built-in name (torch, reference); default $BNVERIFY_TARGET")
-    g.addoption("--bn-kind", default=None, choices=["torch-module", "torch-functional", "numpy-cs231n"],
+    g.addoption("--bn-kind", default=None, choices=["torch-module", "torch-functional", "numpy-cs231n", "torch-dropout"],
                 help="target kind, when it cannot be detected")
-    g.addoption("--bn-convention", default=None, choices=["torch", "keras", "flax", "cs231n"],
+    g.addoption("--bn-convention", default=None, choices=["torch", "keras", "flax", "cs231n", "inverted", "direct"],
                 help="framework convention the target follows (default torch; cs231n for numpy-cs231n)")
     g.addoption("--bn-tier", default="quick", choices=TIERS,
                 help="quick: the CI gate (equivalence, modes, invariance); full: adds convergence and benchmarks")
@@ -158,11 +158,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if unknown:
         raise pytest.UsageError(f"bnverify: unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
     tier = config.getoption("bn_tier")
+    dropout_target = config.stash[TARGET_KEY].kind == "torch-dropout"
     keep, drop = [], []
     for it in items:
         suite, item_tier = _suite_of(it)
         if suite is None:
             keep.append(it)
+            continue
+        if (suite == "dropout") != dropout_target:  # the dropout suite is for torch-dropout targets alone
+            drop.append(it)
             continue
         if wanted and suite not in wanted:
             drop.append(it)

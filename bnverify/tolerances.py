@@ -521,3 +521,15 @@ def running_permutation(x: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, 
     tm = 2 * SAFETY * (u * gm * rms + 2 * u * (np.abs(mean) + 1)) + fl
     tv = 2 * SAFETY * (2 * u * gm * (var + 2 * np.sqrt(var) * rms) + 2 * u * (2 * var + 1)) + fl
     return tm, tv
+
+
+# --------------------------------------------------------------------------- dropout suite
+DROPOUT_N = 100_000
+"""Elements per statistical dropout test: the drop count is Binomial(n, p), sd <= 158 at p = 0.5."""
+
+DROPOUT_Z = 5.0
+"""Two-sided z bound for the binomial tests of ``bnverify.dropout`` (drop rate, mask overlap p^2):
+a correct implementation exceeds it with probability 5.7e-7 per test (normal approximation, n p (1-p)
+>= 900 for the p the suite uses), while p swapped for 1-p at p=0.1 is off by 0.8 n = 80000, ~300 sd,
+and identical masks overlap at rate p instead of p^2, ~200 sd at p=0.5."""
+
