@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnverify import bncheck, invariance
-from bnverify.strategies import Case, cases, to_dtype_values, upstream_grad
+from bnverify.strategies import Case, cases, make_input, to_dtype_values, upstream_grad
 
 pytestmark = [pytest.mark.bnverify_suite("invariance"), pytest.mark.bnverify_tier("quick")]
 
@@ -141,8 +141,6 @@ def permutation_cases(draw, rank: int, dtype: torch.dtype) -> Case:
     shape = (n, c) + tuple(draw(st.integers(1, 3), label=f"S{i}") for i in range(rank - 2))
     base = draw(cases(rank, dtype, max_numel=2), label="hyper")
     rng = np.random.default_rng(base.seed)
-    from bnverify.strategies import make_input
-
     x = to_dtype_values(make_input(rng, shape, "normal", base.eps), dtype)
     gamma = beta = None
     if base.affine:
