@@ -66,6 +66,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bnverify_suite(name): the bnverify suite a check belongs to")
     config.addinivalue_line("markers", "bnverify_tier(name): quick (the CI gate) or full")
+    config.addinivalue_line("markers", "bnverify_examples(fraction): this check draws that fraction of the "
+                            "profile's max_examples (at least 3)")
     spec = config.getoption("bn_target") or os.environ.get("BNVERIFY_TARGET")
     state = _State(spec=spec)
     config.stash[STATE_KEY] = state
@@ -177,6 +179,26 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    _apply_example_budgets(items)
+
+
+def _apply_example_budgets(items: list[pytest.Item]) -> None:
+    """Give each hypothesis check its share of the *current* profile's examples.
+
+    A ``@settings(...)`` decorator would freeze the profile of the first run that imported the
+    suite module; setting the attribute hypothesis reads at call time keeps every run (and every
+    in-process run of ``bnverify.runner``) on its own profile, as array-api-tests does.
+    """
+    from hypothesis import settings
+
+    for it in items:
+        fn = getattr(it, "obj", None)
+        if _suite_of(it)[0] is None or not hasattr(fn, "_hypothesis_internal_use_settings"):
+            continue
+        mark = it.get_closest_marker("bnverify_examples")
+        frac = float(mark.args[0]) if mark else 1.0
+        n = max(3, int(settings.default.max_examples * frac)) if mark else settings.default.max_examples
+        fn._hypothesis_internal_use_settings = settings(settings.default, max_examples=n)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

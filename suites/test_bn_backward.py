@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bnverify import bncheck
@@ -42,7 +42,7 @@ def test_backward_ill_conditioned(bn_target, bn_device, bn_check, dtype, data):
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_id)
-@settings(max_examples=max(3, settings.default.max_examples // 4))
+@pytest.mark.bnverify_examples(0.25)
 @given(data=st.data())
 def test_backward_half(bn_target, bn_device, bn_check, dtype, data):
     """16-bit gradients over >= 4096 values per channel (float32 accumulation expected)."""
@@ -62,7 +62,7 @@ def test_backward_eval(bn_target, bn_device, bn_check, dtype, data):
     bncheck.backward_eval(bn_target, case, bn_device, bn_check)
 
 
-@settings(max_examples=max(3, settings.default.max_examples // 4))
+@pytest.mark.bnverify_examples(0.25)
 @given(data=st.data())
 def test_gradcheck(bn_target, bn_device, bn_check, data):
     """The backward agrees with float64 finite differences of the target's own forward."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bnverify import bncheck
@@ -42,7 +42,7 @@ def test_forward_ill_conditioned(bn_target, bn_device, bn_check, dtype, data):
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_id)
-@settings(max_examples=max(3, settings.default.max_examples // 4))
+@pytest.mark.bnverify_examples(0.25)
 @given(data=st.data())
 def test_forward_half(bn_target, bn_device, bn_check, dtype, data):
     """16-bit input with >= 4096 values per channel of magnitude ~30: sums kept in 16 bits overflow."""
@@ -79,7 +79,7 @@ def test_forward_eval(bn_target, bn_device, bn_check, dtype, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@settings(max_examples=max(3, settings.default.max_examples // 4))
+@pytest.mark.bnverify_examples(0.25)
 @given(data=st.data())
 def test_forward_contract(bn_target, bn_device, bn_check, dtype, data):
     """Output shape, dtype and device equal the input's; no call modifies its input."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bnverify import bncheck, invariance
@@ -15,7 +15,6 @@ from bnverify.strategies import Case, cases, make_input, to_dtype_values, upstre
 pytestmark = [pytest.mark.bnverify_suite("invariance"), pytest.mark.bnverify_tier("quick")]
 
 DTYPES = [torch.float64, torch.float32]
-FEW = max(3, settings.default.max_examples // 5)
 """Each example sweeps up to 14 scales: a fifth of the tier's examples covers as many evaluations as the forward suite."""
 
 
@@ -56,7 +55,7 @@ def _dy(lc: invariance.LayerCase) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_scale_exact(bn_target, bn_device, bn_check, dtype, data):
     """t(a x; eps a^2) = t(x; eps) for a = 2^k over the dtype's range: exact in binary floating point."""
@@ -64,7 +63,7 @@ def test_scale_exact(bn_target, bn_device, bn_check, dtype, data):
     invariance.scale_exact(bn_target, case, bn_device, bn_check)
 
 
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_scale_negative(bn_target, bn_device, bn_check, data):
     """For a = -2^k the normalised output flips sign exactly: t(a x; eps a^2) - beta = -(t(x; eps) - beta)."""
@@ -74,7 +73,7 @@ def test_scale_negative(bn_target, bn_device, bn_check, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_scale_fixed_eps(bn_target, bn_device, bn_check, dtype, data):
     """With eps held fixed, t(a x) = t(x) up to eps's exact effect wherever a^2 var >> eps (a = 10^s)."""
@@ -83,7 +82,7 @@ def test_scale_fixed_eps(bn_target, bn_device, bn_check, dtype, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_shift(bn_target, bn_device, bn_check, dtype, data):
     """t(x + b) = t(x) for per-channel shifts b from 0.1 to 1e6 standard deviations."""
@@ -92,7 +91,7 @@ def test_shift(bn_target, bn_device, bn_check, dtype, data):
     invariance.shift(bn_target, case, bn_device, bn_check, direction)
 
 
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_linear_bias_grad(bn_target, bn_device, bn_check, data):
     """In Linear(bias=True) -> target, no gradient reaches the Linear's bias: sum over the batch of dL/dz = 0."""
@@ -103,7 +102,7 @@ def test_linear_bias_grad(bn_target, bn_device, bn_check, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_grad_scale_linear(bn_target, bn_device, bn_check, dtype, data):
     """Linear -> target: W -> a W leaves dL/du unchanged and scales dL/dW by 1/a (seed 003)."""
@@ -112,7 +111,7 @@ def test_grad_scale_linear(bn_target, bn_device, bn_check, dtype, data):
     invariance.grad_scale(bn_target, lc, _dy(lc), bn_device, bn_check)
 
 
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_grad_scale_conv(bn_target, bn_device, bn_check, data):
     """Conv2d -> target (rank 4): W -> a W leaves dL/du unchanged and scales dL/dW by 1/a (seed 003)."""
@@ -122,7 +121,7 @@ def test_grad_scale_conv(bn_target, bn_device, bn_check, data):
     invariance.grad_scale(bn_target, lc, _dy(lc), bn_device, bn_check)
 
 
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_weight_orthogonality(bn_target, bn_device, bn_check, data):
     """<w_k, dL/dw_k> = 0 up to eps's exact term, so plain SGD only grows ||w_k||; reports the norm growth
@@ -149,7 +148,7 @@ def permutation_cases(draw, rank: int, dtype: torch.dtype) -> Case:
     return Case(x, dtype, base.eps, base.affine, gamma, beta, base.momentum, "normal", base.seed)
 
 
-@settings(max_examples=FEW)
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_batch_permutation(bn_target, bn_device, bn_check, data):
     """In training, permuting the batch permutes the output and dx; dgamma, dbeta, running stats unchanged."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bnverify import modes
@@ -20,8 +20,6 @@ from bnverify.strategies import cases
 pytestmark = [pytest.mark.bnverify_suite("modes"), pytest.mark.bnverify_tier("quick")]
 
 DTYPES = [torch.float64, torch.float32]
-FEW = settings(max_examples=max(3, settings.default.max_examples // 5))
-SOME = settings(max_examples=max(4, settings.default.max_examples // 3))
 
 
 def _id(d: torch.dtype) -> str:
@@ -36,7 +34,7 @@ def _case(target, device, data, dtype=torch.float32, *, max_numel=600, min_m=2, 
 
 @pytest.mark.parametrize("which", ["zero", "one", "drawn", "default"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@SOME
+@pytest.mark.bnverify_examples(0.34)
 @given(data=st.data())
 def test_running_stats(bn_target, bn_device, bn_check, dtype, which, data):
     """Running mean/var after 3 training steps equal the oracle's for momentum 0, 1, a drawn value and the default."""
@@ -47,7 +45,7 @@ def test_running_stats(bn_target, bn_device, bn_check, dtype, which, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@SOME
+@pytest.mark.bnverify_examples(0.34)
 @given(data=st.data())
 def test_momentum_none(bn_target, bn_device, bn_check, dtype, data):
     """momentum=None: the cumulative average, seed 000's E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma_B^2]."""
@@ -57,14 +55,14 @@ def test_momentum_none(bn_target, bn_device, bn_check, dtype, data):
     modes.running_stats(bn_target, case, bn_device, bn_check, momentum=None, steps=4)
 
 
-@FEW
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_num_batches_tracked(bn_target, bn_device, bn_check, data):
     """num_batches_tracked: int64 0 at construction, +1 per training forward, unchanged by eval."""
     modes.num_batches_tracked(bn_target, _case(bn_target, bn_device, data), bn_device, bn_check)
 
 
-@FEW
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_fresh_defaults(bn_target, bn_device, bn_check, data):
     """A fresh instance holds gamma 1, beta 0, running mean 0, running variance 1."""
@@ -77,49 +75,49 @@ def test_constructor_defaults(bn_target, bn_device, bn_check):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@SOME
+@pytest.mark.bnverify_examples(0.34)
 @given(data=st.data())
 def test_eval_uses_running_stats(bn_target, bn_device, bn_check, dtype, data):
     """After training, eval output uses the stored running statistics, and eval never changes them."""
     modes.eval_uses_running(bn_target, _case(bn_target, bn_device, data, dtype), bn_device, bn_check)
 
 
-@SOME
+@pytest.mark.bnverify_examples(0.34)
 @given(data=st.data())
 def test_eval_per_sample(bn_target, bn_device, bn_check, data):
     """Eval output of a sample is independent of the rest of the batch (even a batch of one); training's is not."""
     modes.eval_per_sample(bn_target, _case(bn_target, bn_device, data), bn_device, bn_check)
 
 
-@FEW
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_no_tracking(bn_target, bn_device, bn_check, data):
     """track_running_stats=False keeps no buffers and normalises with batch statistics in eval."""
     modes.no_tracking(bn_target, _case(bn_target, bn_device, data), bn_device, bn_check)
 
 
-@FEW
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_affine_false(bn_target, bn_device, bn_check, data):
     """affine=False has no parameters and applies no gamma/beta."""
     modes.affine_false(bn_target, _case(bn_target, bn_device, data), bn_device, bn_check)
 
 
-@FEW
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_state_dict_roundtrip(bn_target, bn_device, bn_check, data):
     """A trained module's state_dict restores running statistics, counter and outputs exactly."""
     modes.state_dict_roundtrip(bn_target, _case(bn_target, bn_device, data), bn_device, bn_check)
 
 
-@SOME
+@pytest.mark.bnverify_examples(0.34)
 @given(data=st.data())
 def test_mode_toggling(bn_target, bn_device, bn_check, data):
     """train, eval, train, eval, eval, train, eval: every step matches the oracle run through the same sequence."""
     modes.mode_toggling(bn_target, _case(bn_target, bn_device, data), bn_device, bn_check)
 
 
-@FEW
+@pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_single_value_per_channel(bn_target, bn_device, bn_check, data):
     """One value per channel in training: a clear error (torch convention); running statistics never corrupted."""
@@ -127,7 +125,7 @@ def test_single_value_per_channel(bn_target, bn_device, bn_check, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@SOME
+@pytest.mark.bnverify_examples(0.34)
 @given(data=st.data())
 def test_eps_honoured(bn_target, bn_device, bn_check, dtype, data):
     """The constructor's (drawn) eps is used in eval and training: variances near eps make it visible."""
@@ -135,7 +133,7 @@ def test_eps_honoured(bn_target, bn_device, bn_check, dtype, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@SOME
+@pytest.mark.bnverify_examples(0.34)
 @given(data=st.data())
 def test_fold(bn_target, bn_device, bn_check, dtype, data):
     """Eval output equals seed 000's folded transform, and a batch norm folded into the preceding Linear/Conv."""
