@@ -1,0 +1,525 @@
+"""``bnverify sync | ui | compare | history``: the tracking side of the CLI.
+
+``bnverify/cli.py`` calls :func:`add_commands` on its sub-parsers; each command sets
+``func`` to a handler ``(args) -> int``.  Exit codes: 0 fine, 1 differences (compare)
+or spooled invocations that could not be replayed (sync), 2 usage or configuration
+error (unknown run id or target, unreachable store), with one line on stderr.
+
+``python -m bnverify.tracking_cli COMMAND ...`` runs the same commands on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from bnverify import tracking
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from mlflow.entities import Run
+
+    from mlflow import MlflowClient
+
+_URI_HELP = (
+    "MLflow tracking URI (sqlite:///PATH, postgresql://..., http://HOST:PORT). "
+    "Default: $MLFLOW_TRACKING_URI, else sqlite:///<$BNVERIFY_HOME or ./.bnverify>/mlflow.db"
+)
+_EXP_HELP = "MLflow experiment. Default: $BNVERIFY_EXPERIMENT, else 'bnverify'"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+_COMPARED_TAGS = (
+    "target",
+    "kind",
+    "convention",
+    "tier",
+    "device",
+    "verdict",
+    tracking.TAG_COMMIT,
+    "host",
+    "version.bnverify",
+    "version.torch",
+    "version.numpy",
+    "version.python",
+)
+
+
+class UsageError(Exception):
+    """Reported as one line on stderr with exit code 2."""
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", metavar="URI", default=None, help=_URI_HELP)
+    common.add_argument("--experiment", metavar="NAME", default=None, help=_EXP_HELP)
+    return common
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``sync``, ``ui``, ``compare`` and ``history`` on an argparse sub-parsers object."""
+    common = _common()
+
+    p = subparsers.add_parser(
+        "sync",
+        parents=[common],
+        help="replay spooled results into the tracking store, exactly once",
+        description=(
+            "Replay invocations spooled while the tracking store was unreachable "
+            "(<$BNVERIFY_HOME or ./.bnverify>/spool) into the current store. An invocation "
+            "already in the store is skipped, a partial one is replaced, and each entry leaves "
+            "the spool once it is in, so running sync twice adds nothing."
+        ),
+    )
+    p.add_argument("--list", action="store_true", help="only list what is spooled. Default: %(default)r")
+    p.set_defaults(func=cmd_sync)
+
+    p = subparsers.add_parser(
+        "ui",
+        parents=[common],
+        help="open the MLflow UI on the configured store",
+        description="Run `mlflow ui` on the configured store, bound to 127.0.0.1.",
+    )
+    p.add_argument("--port", type=_port, default=5000, metavar="N", help="port to listen on. Default: %(default)r")
+    p.add_argument(
+        "--print-only", action="store_true", help="print the command and URL, start nothing. Default: %(default)r"
+    )
+    p.set_defaults(func=cmd_ui)
+
+    p = subparsers.add_parser(
+        "compare",
+        parents=[common],
+        help="show only the checks and metrics that differ between two runs",
+        description=(
+            "Compare two invocations check by check. A and B are run ids, or TARGET@latest, "
+            "TARGET@latest~N (the Nth before the latest), TARGET@COMMIT (a commit prefix), or "
+            "TARGET alone (its latest run). Exit code 1 when something differs."
+        ),
+    )
+    p.add_argument("a", metavar="A", help="run id or TARGET@latest|TARGET@latest~N|TARGET@COMMIT")
+    p.add_argument("b", metavar="B", help="run id or TARGET@latest|TARGET@latest~N|TARGET@COMMIT")
+    p.add_argument(
+        "--rtol",
+        type=_nonneg,
+        default=0.0,
+        metavar="X",
+        help="relative difference below which non-timing metrics count as equal. Default: %(default)r",
+    )
+    p.add_argument(
+        "--atol",
+        type=_nonneg,
+        default=0.0,
+        metavar="X",
+        help="absolute difference below which non-timing metrics count as equal. Default: %(default)r",
+    )
+    p.add_argument(
+        "--timings", action="store_true", help="also compare timing metrics (*_s, *time*). Default: %(default)r"
+    )
+    p.add_argument(
+        "--timing-rtol",
+        type=_nonneg,
+        default=0.10,
+        metavar="X",
+        help="relative difference below which timings count as equal. Default: %(default)r",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="Default: %(default)r")
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "history",
+        parents=[common],
+        help="verdicts and key metrics of one target over time",
+        description="List the recorded invocations of TARGET, newest first.",
+    )
+    p.add_argument("target", metavar="TARGET", help="the target as given to `bnverify check`")
+    p.add_argument("--limit", type=_positive, default=20, metavar="N", help="rows to show. Default: %(default)r")
+    p.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="add a column for this parent-run metric (e.g. convergence/test_mnist.test_acc); repeatable. "
+        "Default: %(default)r",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="Default: %(default)r")
+    p.set_defaults(func=cmd_history)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _nonneg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"bnverify: {message}", file=sys.stderr)
+    return code
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    if args.list:
+        entries = tracking.spooled_invocations()
+        if not entries:
+            print(f"the spool ({tracking.spool_dir()}) is empty")
+            return 0
+        print(f"{len(entries)} spooled invocation(s) in {tracking.spool_dir()}:")
+        rows = []
+        for entry in entries:
+            meta: dict[str, Any] = {}
+            try:
+                meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+                summary = json.loads((entry / "summary.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                summary = {}
+            rows.append([
+                entry.name,
+                str(summary.get("target", "?")),
+                str(summary.get("verdict", "?")),
+                _when(meta.get("end_ms")),
+                str(meta.get("error", ""))[:80],
+            ])
+        print(_table(["invocation", "target", "verdict", "finished", "why spooled"], rows))
+        return 0
+    report = tracking.sync(args.tracking_uri)
+    for line in report.lines():
+        print(line)
+    if not report.ok:
+        first = report.failed[0][1] if report.failed else "not all entries were tried"
+        return _fail(f"sync incomplete; what failed stays spooled: {first}", 1)
+    return 0
+
+
+# --------------------------------------------------------------------------- ui
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    if tracking._is_http_uri(uri):
+        print(f"{uri} is a tracking server; its UI is at {uri}")
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    db = tracking._sqlite_path(uri)
+    if db is not None:
+        # artifacts of experiments made in the UI go beside the store, not into ./mlartifacts;
+        # one worker: SQLite has one writer (and four workers take four times as long to start)
+        cmd += ["--artifacts-destination", str(db.parent / "artifacts"), "--workers", "1"]
+    url = f"http://127.0.0.1:{args.port}"
+    shown = [tracking._redact(c) for c in cmd]
+    print(f"MLflow UI on {tracking._redact(uri)}: {url}")
+    print("$ " + shlex.join(shown))
+    if args.print_only:
+        return 0
+    if not tracking.mlflow_available():
+        return _fail("mlflow is not installed (pip install mlflow)")
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    # bnverify needs none of MLflow's GenAI job runner: six fewer processes, a faster start
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+# --------------------------------------------------------------------------- shared query helpers
+
+
+def _store_missing(uri: str) -> str | None:
+    db = tracking._sqlite_path(uri)
+    if db is not None and not db.exists():
+        return f"no tracking store at {db} yet (nothing has been logged there)"
+    return None
+
+
+def _parent_of(client: MlflowClient, run: Run) -> Run:
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if run.data.tags.get(tracking.TAG_ROLE) == tracking.ROLE_SUITE and parent_id:
+        return client.get_run(parent_id)
+    return run
+
+
+def resolve_ref(client: MlflowClient, experiment: str, ref: str) -> Run:
+    """A run id, ``TARGET@latest``, ``TARGET@latest~N``, ``TARGET@COMMIT`` or ``TARGET`` -> parent run."""
+    from mlflow.exceptions import MlflowException
+
+    ref = ref.strip()
+    if _RUN_ID.fullmatch(ref):
+        try:
+            return _parent_of(client, client.get_run(ref))
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(e).lower():
+                raise UsageError(f"unknown run id {ref}") from None
+            raise
+    target, sep, selector = ref.rpartition("@")
+    if not sep:
+        target, selector = ref, "latest"
+    if not target:
+        raise UsageError(f"not a run id or TARGET@latest: {ref!r}")
+    back = re.fullmatch(r"latest(?:~(\d+))?", selector)
+    if back:
+        skip = int(back.group(1) or 0)
+        runs = tracking.invocation_runs(client, experiment, target=target, max_results=skip + 1)
+        if len(runs) > skip:
+            return runs[skip]
+        what = "runs" if skip == 0 else f"{skip + 1} runs"
+        raise UsageError(f"no {what} of target {target!r} in experiment {experiment!r}")
+    runs = tracking.invocation_runs(client, experiment, target=target, commit_prefix=selector, max_results=1)
+    if runs:
+        return runs[0]
+    raise UsageError(f"no run of target {target!r} at commit {selector!r} in experiment {experiment!r}")
+
+
+def _when(ms: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(ms) / 1000))
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _run_query(args: argparse.Namespace, body: Any) -> int:
+    """Resolve the store, run ``body(client, uri, experiment)`` under short timeouts."""
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    experiment = tracking.resolve_experiment(args.experiment)
+    missing = _store_missing(uri)
+    if missing:
+        return _fail(missing)
+    if not tracking.mlflow_available():
+        return _fail("mlflow is not installed (pip install mlflow)")
+    try:
+        with tracking.query_context(), tracking._open_store(uri, None, hold=False) as (client, _):
+            result: int = body(client, uri, experiment)
+            return result
+    except UsageError as e:
+        return _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - one line on stderr, exit 2, never a traceback
+        return _fail(f"cannot read the tracking store {tracking._redact(uri)}: {_one_line(e)}")
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def is_timing(metric: str) -> bool:
+    """Timing-like metric names: compared only with ``--timings``."""
+    m = metric.lower()
+    return (
+        m.endswith(("_s", "_ms", "_us", "_ns", "_sec", "_seconds"))
+        or "time" in m
+        or "throughput" in m
+        or "bandwidth" in m
+        or "gbps" in m
+    )
+
+
+@dataclass
+class DiffRow:
+    check: str  # "suite/check", or "(invocation)" for summary.* metrics
+    metric: str
+    a: float | None
+    b: float | None
+
+
+def _differs(metric: str, a: float | None, b: float | None, rtol: float, atol: float = 0.0) -> bool:
+    if a is None or b is None:
+        return a is not b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) != math.isnan(b)
+    if metric in ("pass", "skipped") or metric.endswith((".pass", ".skipped", ".failed", ".passed", ".total")):
+        return a != b
+    return abs(a - b) > atol + rtol * max(abs(a), abs(b))
+
+
+def diff_runs(
+    a: Run, b: Run, *, rtol: float = 0.0, atol: float = 0.0, timings: bool = False, timing_rtol: float = 0.10
+) -> list[DiffRow]:
+    """Metrics of two parent runs that differ, by check; invocation-level rows first."""
+    ma, mb = a.data.metrics, b.data.metrics
+    rows: list[DiffRow] = []
+    for key in sorted(set(ma) | set(mb)):
+        parts = tracking.split_metric_key(key)
+        check, metric = (f"{parts[0]}/{parts[1]}", parts[2]) if parts else ("(invocation)", key)
+        timing = is_timing(metric)
+        if timing and not timings:
+            continue
+        va, vb = ma.get(key), mb.get(key)
+        if _differs(metric, va, vb, timing_rtol if timing else rtol, 0.0 if timing else atol):
+            rows.append(DiffRow(check, metric, va, vb))
+    rows.sort(key=lambda r: (r.check != "(invocation)", r.check, r.metric != "pass", r.metric))
+    return rows
+
+
+def _checks_in(run: Run) -> set[str]:
+    out = set()
+    for key in run.data.metrics:
+        parts = tracking.split_metric_key(key)
+        if parts:
+            out.add(f"{parts[0]}/{parts[1]}")
+    return out
+
+
+def _describe(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "started": _when(run.info.start_time),
+        "tags": {k: run.data.tags.get(k) for k in _COMPARED_TAGS if k in run.data.tags},
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    def body(client: MlflowClient, uri: str, experiment: str) -> int:
+        a = resolve_ref(client, experiment, args.a)
+        b = resolve_ref(client, experiment, args.b)
+        rows = diff_runs(a, b, rtol=args.rtol, atol=args.atol, timings=args.timings, timing_rtol=args.timing_rtol)
+        tag_rows = [
+            (k, a.data.tags.get(k), b.data.tags.get(k))
+            for k in _COMPARED_TAGS
+            if a.data.tags.get(k) != b.data.tags.get(k)
+        ]
+        checks = _checks_in(a) | _checks_in(b)
+        differing = {r.check for r in rows if r.check != "(invocation)"}
+        if args.format == "json":
+            print(json.dumps(
+                {
+                    "a": _describe(a),
+                    "b": _describe(b),
+                    "tags": [{"tag": k, "a": va, "b": vb} for k, va, vb in tag_rows],
+                    "checks": len(checks),
+                    "differing_checks": len(differing),
+                    "rows": [asdict(r) for r in rows],
+                },
+                indent=2,
+            ))
+            return 1 if rows else 0
+        for label, run in (("A", a), ("B", b)):
+            print(f"{label}: {run.info.run_id}  {run.info.run_name}  ({_when(run.info.start_time)})")
+        if tag_rows:
+            print()
+            print(_table(["tag", "A", "B"], [[k, va or "-", vb or "-"] for k, va, vb in tag_rows]))
+        print()
+        if not rows:
+            print(f"no differences in {len(checks)} checks" + ("" if args.timings else " (timings not compared)"))
+            return 0
+        print(f"{len(differing)} of {len(checks)} checks differ" + ("" if args.timings else " (timings not compared)"))
+        table_rows: list[list[str]] = []
+        last = None
+        for r in rows:
+            table_rows.append([r.check if r.check != last else "", r.metric, _fmt(r.a), _fmt(r.b)])
+            last = r.check
+        print(_table(["check", "metric", "A", "B"], table_rows))
+        return 1
+
+    return _run_query(args, body)
+
+
+# --------------------------------------------------------------------------- history
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    def body(client: MlflowClient, uri: str, experiment: str) -> int:
+        runs = tracking.invocation_runs(client, experiment, target=args.target, max_results=args.limit)
+        if not runs:
+            raise UsageError(f"no runs of target {args.target!r} in experiment {experiment!r} at {tracking._redact(uri)}")
+        records = []
+        for run in runs:
+            m, t = run.data.metrics, run.data.tags
+            rec: dict[str, Any] = {
+                "started": _when(run.info.start_time),
+                "run_id": run.info.run_id,
+                "commit": (t.get(tracking.TAG_COMMIT) or "")[:10],
+                "tier": t.get("tier", ""),
+                "device": t.get("device", ""),
+                "verdict": t.get("verdict", ""),
+                "passed": m.get("summary.passed"),
+                "failed": m.get("summary.failed"),
+                "skipped": m.get("summary.skipped"),
+                "worst_ratio": m.get("summary.worst_ratio"),
+                "duration_s": m.get("summary.duration_s"),
+            }
+            for key in args.metric:
+                rec[key] = m.get(key)
+            records.append(rec)
+        if args.format == "json":
+            print(json.dumps(records, indent=2))
+            return 0
+        headers = list(records[0])
+        rows = [[v if isinstance(v, str) else _fmt(v) for v in rec.values()] for rec in records]
+        print(f"{args.target}: {len(records)} run(s) in experiment {experiment!r}, newest first")
+        print(_table(headers, rows))
+        return 0
+
+    return _run_query(args, body)
+
+
+# --------------------------------------------------------------------------- standalone
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bnverify", description="bnverify tracking commands")
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
