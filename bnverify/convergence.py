@@ -110,8 +110,11 @@ __all__ = [
 NormFactory = Callable[[int], nn.Module]
 
 #: Epochs of the full tier on the embedded digits: the seed's own horizon ("in fifty
-#: epochs").  Measured on the 2-core machine: 3 seeds x (target + reference + no-BN)
-#: plus one twin run take about 30 s (see the module's tests and the project notes).
+#: epochs"), by which the reference has plateaued (95.1 +/- 0.4 % over 15 seeds) and the
+#: plain network has not reached 90 % in any seed.  Measured on the 2-core machine:
+#: 3 seeds x (target + reference + no-BN) plus one twin run, 29-34 s (about 0.05-0.07 s
+#: an epoch per network), 55-68 s with two threads on a busy machine; a second target
+#: reusing the cached reference and no-BN curves, 12-14 s.
 FULL_TIER_EPOCHS = 50
 #: Epochs on full MNIST (60,000 images, 600 steps an epoch): the reference reaches 98 %
 #: in about 10 (seed 002); 20 leave room for a slower target.
@@ -1035,15 +1038,18 @@ def run_convergence(
     twin: str | None = "torch",
     target_name: str = "target",
     progress: Callable[[str], None] | None = None,
-    threads: int | None = None,
+    threads: int | None = 1,
 ) -> ConvergenceVerdict:
     """Train the target, the (cached) reference, twin and no-batch-norm networks and compare.
 
     ``reference`` and ``twin`` name built-in batch norms (``"reference"``,
     ``"torch"``); the twin runs the first seed only, to measure run-to-run
     variation (``twin=None`` skips it).  ``progress`` receives a line per run.
-    ``threads`` sets torch's intra-op CPU threads for the duration (see
-    :func:`torch_threads`).
+    ``threads`` sets torch's intra-op CPU threads for the duration and
+    restores them after (``None`` leaves them alone).  The default, one, is
+    what these small matrices run best with on a shared 2-core machine: the
+    full tier took 34 s with one thread and 55-68 s with two while other jobs
+    ran (see :func:`torch_threads`).
     """
     protocol = protocol or Protocol.for_split(split)
     with torch_threads(threads):
@@ -1588,7 +1594,7 @@ def seed_claims(
     protocol: Protocol | None = None,
     only: Iterable[str] | None = None,
     progress: Callable[[ClaimResult], None] | None = None,
-    threads: int | None = None,
+    threads: int | None = 1,
 ) -> list[ClaimResult]:
     """Run the seed-claims study with ``norm_factory`` (default: the reference batch norm).
 
@@ -1598,8 +1604,8 @@ def seed_claims(
     for both), ``deep-sigmoid``, ``placement``,
     ``batch-regularisation``.  Each returns a :class:`ClaimResult`; nothing
     raises for a failing norm layer (its runs are reported as crashed or
-    diverged).  On the embedded digits the whole study takes about a minute
-    on two cores.
+    diverged).  ``threads`` as for :func:`run_convergence`.  On the embedded
+    digits the whole study takes one to two minutes on the 2-core machine.
     """
     f = norm_factory or _reference_factory
     shared: dict[str, Any] = {}

@@ -445,3 +445,12 @@ class RaisesInTrainBN(ReferenceBN):
 def test_seed_claim_with_a_broken_norm_is_reported_not_raised(split) -> None:
     r = cv.claim_overfit_batch(split, RaisesInTrainBN, steps=3)
     assert not r.reproduced and "crashed" in r.numbers["status"]
+
+
+def test_torch_threads_is_restored() -> None:
+    before = torch.get_num_threads()
+    with cv.torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with cv.torch_threads(None):
+        assert torch.get_num_threads() == before
