@@ -536,3 +536,77 @@ def functional_signature_matches(fn: Any) -> bool:
         return False
     want = ["input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"]
     return params[: len(want)] == want or (len(params) >= 8 and params[1:3] == want[1:3])
+
+
+# --------------------------------------------------------------------------- the target as a layer
+
+class _FunctionalBatchNorm(torch.nn.Module):
+    """A torch-functional target as a layer: the harness owns parameters and buffers."""
+
+    def __init__(self, fn: Callable[..., Any], num_features: int, eps: float, momentum: float,
+                 device: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.fn, self.eps, self.momentum = fn, eps, momentum
+        self.weight = torch.nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+        self.bias = torch.nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        self.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
+        self.register_buffer("running_var", torch.ones(num_features, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                       self.momentum, self.eps)
+
+
+class _Cs231nFunction(torch.autograd.Function):
+    """Autograd bridge to a numpy ``batchnorm_forward``/``batchnorm_backward`` pair."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, layer: Any) -> torch.Tensor:
+        out, cache = layer.obj.batchnorm_forward(
+            x.detach().cpu().numpy(), gamma.detach().cpu().numpy(), beta.detach().cpu().numpy(), layer.bn_param)
+        ctx.cache, ctx.layer = cache, layer
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+
+    @staticmethod
+    def backward(ctx: Any, dout: torch.Tensor) -> Any:
+        dx, dg, db = ctx.layer.obj.batchnorm_backward(dout.detach().cpu().numpy(), ctx.cache)
+        as_t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32, copy=True))  # noqa: E731
+        return as_t(dx), as_t(dg), as_t(db), None
+
+
+class _Cs231nBatchNorm(torch.nn.Module):
+    """A numpy-cs231n target as a (CPU, float32) layer for 2-D input."""
+
+    def __init__(self, obj: Any, num_features: int, convention: Convention) -> None:
+        super().__init__()
+        self.obj = obj
+        self.weight = torch.nn.Parameter(torch.ones(num_features))
+        self.bias = torch.nn.Parameter(torch.zeros(num_features))
+        self.bn_param: dict[str, Any] = {"mode": "train", "eps": convention.default_eps,
+                                         "momentum": convention.default_momentum}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.bn_param["mode"] = "train" if self.training else "test"
+        return _Cs231nFunction.apply(x, self.weight, self.bias, self)
+
+
+def layer_factory(target: BNTarget, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  rank: int = 2) -> Callable[[int], torch.nn.Module]:
+    """``num_features -> nn.Module``: the target as a layer of a network, with its own defaults.
+
+    Used where a target must train inside a model (the convergence suite): modules are built
+    with their own default eps and momentum; functional and numpy targets are wrapped with the
+    defaults of the target's convention.
+    """
+    conv = target.convention
+    if target.kind == "torch-module":
+        cls = target.by_rank[rank] if target.by_rank is not None else target.obj
+        return lambda c: cls(c, device=device, dtype=dtype)
+    if target.kind == "torch-functional":
+        m = conv.default_momentum if conv.momentum_kind == "update_fraction" else 1 - conv.default_momentum
+        return lambda c: _FunctionalBatchNorm(target.obj, c, conv.default_eps, m, device, dtype)
+    if target.kind == "numpy-cs231n":
+        if device != "cpu":
+            raise NotSupported("a numpy-cs231n target runs on the CPU only")
+        return lambda c: _Cs231nBatchNorm(target.obj, c, conv)
+    raise NotSupported(f"kind {target.kind!r} cannot be used as a batch-norm layer")

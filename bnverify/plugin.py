@@ -318,6 +318,15 @@ class _Reporter:
         self.results: dict[str, CheckResult] = {}
         self.t0 = time.perf_counter()
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Open the tracking store in a helper process while the checks run (controller only)."""
+        config = self.config
+        if hasattr(config, "workerinput") or config.getoption("bn_no_tracking"):
+            return
+        from bnverify import tracking
+
+        tracking.prepare(config.getoption("bn_tracking_uri"))
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = None
         for key, value in getattr(report, "user_properties", []) or []:
