@@ -491,6 +491,6 @@ def format_table(summary: RunSummary) -> str:
             for ln in r.message.strip().splitlines()[:14]:
                 lines.append("    " + ln)
             lines.append(f"    reproduce: bnverify check {summary.target} --suite {r.suite} --seed {summary.seed}"
-                         + (f" --kind {summary.kind}" if summary.kind == "numpy-cs231n" else "")
+                         + (f" --kind {summary.kind}" if summary.kind in ("numpy-cs231n", "torch-dropout") else "")
                          + (f" --convention {summary.convention}" if summary.convention not in ("torch", "cs231n") else ""))
     return "\n".join(lines)
