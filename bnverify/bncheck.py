@@ -121,6 +121,19 @@ def _grads_present(target: BNTarget, case: Case, grads: Any) -> None:
                           "is the parameter used in forward, or detached?")
 
 
+def _compare_grads(grads: Any, refs: tuple[np.ndarray, np.ndarray, np.ndarray], bt: Any, case: Case,
+                   check: Any, prefix: str) -> list[Comparison]:
+    """dx always, dgamma and dbeta when affine; each observed on the check."""
+    dx, dg, db = refs
+    cmps = [compare(grads.dx, dx, bt.dx, f"{prefix}dx (input gradient)")]
+    if case.affine:
+        cmps.append(compare(grads.dgamma, dg, bt.dgamma, f"{prefix}dgamma (weight gradient)", channel_axis=0))
+        cmps.append(compare(grads.dbeta, db, bt.dbeta, f"{prefix}dbeta (bias gradient)", channel_axis=0))
+    for c in cmps:
+        check.observe(c.ratio, c.max_abs_err)
+    return cmps
+
+
 def backward_train(target: BNTarget, case: Case, device: str, check: Any) -> list[Comparison]:
     inst, gamma, beta = build(target, case, device)
     x = tensor(case.x, case.dtype, device)
@@ -131,16 +144,11 @@ def backward_train(target: BNTarget, case: Case, device: str, check: Any) -> lis
     _, cache = oracle.forward_train(case.x, gamma, beta, case.eps)
     dx, dg, db = oracle.backward(dy, cache)
     bt = tols.backward_train(case.x, dy, gamma, case.eps, case.dtype, dx, dg, db)
-    cmps = [compare(grads.dx, dx, bt.dx, "dx (input gradient)")]
-    if case.affine:
-        cmps.append(compare(grads.dgamma, dg, bt.dgamma, "dgamma (weight gradient)", channel_axis=0))
-        cmps.append(compare(grads.dbeta, db, bt.dbeta, "dbeta (bias gradient)", channel_axis=0))
-    for c in cmps:
-        check.observe(c.ratio, c.max_abs_err)
+    cmps = _compare_grads(grads, (dx, dg, db), bt, case, check, "")
     bad = [c for c in cmps if not c.ok]
     if bad:
         for c in bad:
-            which = c.what.split()[0]
+            which = c.what.split()[0]  # "dx", "dgamma" or "dbeta"
             actual = to_f64({"dx": grads.dx, "dgamma": grads.dgamma, "dbeta": grads.dbeta}[which])
             tol = {"dx": bt.dx, "dgamma": bt.dgamma, "dbeta": bt.dbeta}[which]
             c.causes = diagnose.backward_train(which, actual, case.x, dy, gamma, case.eps, tol)
@@ -163,15 +171,10 @@ def backward_eval(target: BNTarget, case: Case, device: str, check: Any) -> list
     axes = oracle.reduction_axes(nd)
     sigma = np.sqrt(oracle.per_channel(rv64, nd) + case.eps)
     xhat = (case.x - oracle.per_channel(rm64, nd)) / sigma
-    g = oracle.per_channel(np.ones(case.shape[1]) if gamma is None else gamma, nd)
+    g = oracle.affine(case.x, gamma, None)[0]
     dx, dg, db = g / sigma * dy, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
     bt = tols.backward_eval(case.x, dy, gamma, rm64, rv64, case.eps, case.dtype, dx, dg, db)
-    cmps = [compare(grads.dx, dx, bt.dx, "eval-mode dx (input gradient)")]
-    if case.affine:
-        cmps.append(compare(grads.dgamma, dg, bt.dgamma, "eval-mode dgamma", channel_axis=0))
-        cmps.append(compare(grads.dbeta, db, bt.dbeta, "eval-mode dbeta", channel_axis=0))
-    for c in cmps:
-        check.observe(c.ratio, c.max_abs_err)
+    cmps = _compare_grads(grads, (dx, dg, db), bt, case, check, "eval-mode ")
     bad = [c for c in cmps if not c.ok]
     if bad:
         if not cmps[0].ok:

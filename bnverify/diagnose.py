@@ -14,17 +14,13 @@ import numpy as np
 import torch
 
 from bnverify.compare import matches
-from bnverify.reference.batchnorm import per_channel, reduction_axes
+from bnverify.reference.batchnorm import affine, per_channel, reduction_axes
 from bnverify.tolerances import Tolerance
 
 Hypothesis = tuple[str, Callable[[], np.ndarray]]
 
 
-def _affine(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    nd = x.ndim
-    g = per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd)
-    b = per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd)
-    return g, b
+
 
 
 def _first_match(actual: np.ndarray, tol: Tolerance, hyps: list[Hypothesis]) -> list[str]:
@@ -46,7 +42,7 @@ def forward_train(
 ) -> list[str]:
     axes = reduction_axes(x.ndim)
     m = x.size // x.shape[1]
-    g, b = _affine(x, gamma, beta)
+    g, b = affine(x, gamma, beta)
     mu = x.mean(axis=axes, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
     hyps: list[Hypothesis] = [
@@ -105,7 +101,7 @@ def forward_eval(
     rm: np.ndarray, rv: np.ndarray, eps: float, tol: Tolerance,
 ) -> list[str]:
     axes = reduction_axes(x.ndim)
-    g, b = _affine(x, gamma, beta)
+    g, b = affine(x, gamma, beta)
     mean = per_channel(rm, x.ndim)
     var = per_channel(rv, x.ndim)
     mu = x.mean(axis=axes, keepdims=True)
@@ -128,7 +124,7 @@ def backward_train(
 ) -> list[str]:
     axes = reduction_axes(x.ndim)
     m = x.size // x.shape[1]
-    g, _ = _affine(x, gamma, None)
+    g, _ = affine(x, gamma, None)
     mu = x.mean(axis=axes, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
     s = np.sqrt(var + eps)
@@ -164,7 +160,7 @@ def backward_eval(actual: np.ndarray, x: np.ndarray, dy: np.ndarray, gamma: np.n
                   tol: Tolerance) -> list[str]:
     causes = backward_train("dx", actual, x, dy, gamma, eps, tol)
     axes = reduction_axes(x.ndim)
-    g, _ = _affine(x, gamma, None)
+    g, _ = affine(x, gamma, None)
     mu = x.mean(axis=axes, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
     s = np.sqrt(var + eps)
@@ -213,7 +209,7 @@ def scale_break(scale: float, swept: list[tuple[float, bool]], *, gradient: bool
 def order_dependence(y: np.ndarray, yp: np.ndarray, x: np.ndarray, xp: np.ndarray, gamma: np.ndarray | None,
                      beta: np.ndarray | None, eps: float, tol: Tolerance, perm: np.ndarray) -> list[str]:
     """Hypotheses for a training output that depends on the order of the batch."""
-    g, b = _affine(x, gamma, beta)
+    g, b = affine(x, gamma, beta)
     axes = reduction_axes(x.ndim)
     n = x.shape[0]
     for k in range(1, n):

@@ -16,6 +16,17 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+RANKS = (2, 3, 4, 5)
+"""Input ranks the suites try: (N, C), (N, C, L), (N, C, H, W), (N, C, D, H, W)."""
+DTYPES = (torch.float64, torch.float32)
+HALF = (torch.float16, torch.bfloat16)
+
+
+def dtype_id(d: torch.dtype) -> str:
+    """``float32`` for ``torch.float32``: the parametrize id."""
+    return str(d).replace("torch.", "")
+
+
 CONDITIONINGS = ("normal", "large_mean", "tiny_var", "constant_channel", "half_overflow")
 
 

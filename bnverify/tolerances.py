@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bnverify.reference.batchnorm import per_channel, reduction_axes
+from bnverify.reference.batchnorm import affine, per_channel, reduction_axes
 
 SAFETY = 4.0
 
@@ -159,8 +159,7 @@ def forward_train(
     nd = x.ndim
     mean, sigma, kappa, m = _channel_stats(x, eps)
     xhat = (x - mean) / sigma
-    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
-    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
     u, uo = _us(dtype)
     gm = growth(m)
     bound = SAFETY * (
@@ -185,8 +184,7 @@ def forward_eval(
     mean = per_channel(running_mean, nd)
     sigma = np.sqrt(per_channel(running_var, nd) + eps)
     xhat = (x - mean) / sigma
-    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
-    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
     u, uo = _us(dtype)
     bound = SAFETY * (
         g_ * u * ((np.abs(x) + np.abs(mean)) / sigma + 2.0 * np.abs(xhat) + 1.0)
@@ -216,7 +214,7 @@ def backward_train(
     axes = reduction_axes(nd)
     mean, sigma, kappa, m = _channel_stats(x, eps)
     xhat = (x - mean) / sigma
-    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    g_ = np.abs(affine(x, gamma, None)[0])
     u, uo = _us(dtype)
     gm = growth(m)
     rms_dy = np.sqrt((dy**2).mean(axis=axes, keepdims=True))
@@ -250,7 +248,7 @@ def backward_eval(
     mean = per_channel(running_mean, nd)
     sigma = np.sqrt(per_channel(running_var, nd) + eps)
     xhat = (x - mean) / sigma
-    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    g_ = np.abs(affine(x, gamma, None)[0])
     u, uo = _us(dtype)
     gm = growth(m)
     fl = _floor(dtype)
@@ -425,8 +423,7 @@ def scale_exact_forward(
     nd = x.ndim
     mean, sigma, _kappa, m = _channel_stats(x, eps)
     xhat = (x - mean) / sigma
-    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
-    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
     bound = _exact_u(dtype) * (g_ * np.abs(xhat) + b_) + _floor(dtype)
     return Tolerance(bound, _exact_text(dtype, m))
 
@@ -446,8 +443,7 @@ def scale_negative_forward(
     x = np.asarray(x, dtype=np.float64)
     nd = x.ndim
     mean, sigma, _kappa, _m = _channel_stats(x, eps)
-    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
-    b_ = np.abs(per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd))
+    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
     _, uo = _us(dtype)
     bound = base.bound + 2 * SAFETY * uo * (g_ * (np.abs(x) + np.abs(mean)) / sigma + b_)
     return Tolerance(bound, base.explanation.replace(
@@ -465,7 +461,7 @@ def scale_exact_dx(
     axes = reduction_axes(nd)
     mean, sigma, _kappa, _m = _channel_stats(x, eps)
     xhat = (x - mean) / sigma
-    g_ = np.abs(per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd))
+    g_ = np.abs(affine(x, gamma, None)[0])
     mdy = np.abs(dy.mean(axis=axes, keepdims=True))
     mdyx = np.abs(dy * xhat).mean(axis=axes, keepdims=True)
     return _exact_u(dtype) * g_ / sigma * (np.abs(dy) + mdy + np.abs(xhat) * (1 + mdyx)) + _floor(dtype)

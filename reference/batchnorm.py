@@ -35,6 +35,7 @@ __all__ = [
     "Cache",
     "reduction_axes",
     "per_channel",
+    "affine",
     "batch_stats",
     "forward_train",
     "forward_eval",
@@ -58,6 +59,13 @@ def reduction_axes(ndim: int) -> tuple[int, ...]:
 def per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
     """Reshape a ``(C,)`` vector so that it broadcasts against rank-``ndim`` input."""
     return np.asarray(v, dtype=np.float64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def affine(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``gamma``/``beta`` broadcastable against ``x``; ``None`` means ``affine=False`` (1 and 0)."""
+    c = x.shape[1]
+    return (per_channel(np.ones(c) if gamma is None else gamma, x.ndim),
+            per_channel(np.zeros(c) if beta is None else beta, x.ndim))
 
 
 def batch_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -108,8 +116,7 @@ def forward_train(
     nd = x.ndim
     axes = reduction_axes(nd)
     m = x.size // x.shape[1]
-    g = per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd)
-    b = per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd)
+    g, b = affine(x, gamma, beta)
     mu = x.mean(axis=axes, keepdims=True)  # step 1
     xmu = x - mu  # step 2
     sq = xmu**2  # step 3
@@ -137,8 +144,7 @@ def forward_eval(
     """
     x = np.asarray(x, dtype=np.float64)
     nd = x.ndim
-    g = per_channel(np.ones(x.shape[1]) if gamma is None else gamma, nd)
-    b = per_channel(np.zeros(x.shape[1]) if beta is None else beta, nd)
+    g, b = affine(x, gamma, beta)
     mean = per_channel(running_mean, nd)
     var = per_channel(running_var, nd)
     return g * (x - mean) / np.sqrt(var + eps) + b

@@ -8,17 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bnverify import bncheck
-from bnverify.strategies import cases
+from bnverify.strategies import DTYPES, HALF, RANKS, cases
+from bnverify.strategies import dtype_id as _id
 
 pytestmark = [pytest.mark.bnverify_suite("forward"), pytest.mark.bnverify_tier("quick")]
 
-RANKS = [2, 3, 4, 5]
-DTYPES = [torch.float64, torch.float32]
-HALF = [torch.float16, torch.bfloat16]
-
-
-def _id(d: torch.dtype) -> str:
-    return str(d).replace("torch.", "")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
