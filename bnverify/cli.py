@@ -1,7 +1,8 @@
 """``bnverify``: the command line, a thin wrapper over the pytest plugin.
 
     bnverify check TARGET [--kind K] [--convention C] [--tier quick|full] [--suite NAME ...]
-                          [--device cpu|cuda] [--tracking-uri URI | --no-tracking] [--junitxml PATH]
+                          [--device cpu|cuda] [--mnist PATH] [--tracking-uri URI | --no-tracking]
+                          [--junitxml PATH]
 
 Exit codes: 0 every check passed, 1 at least one check failed, 2 usage or
 configuration error (unknown target, import error, bad option).  A crash
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--suite", action="append", choices=SUITES, metavar="NAME",
                    help=f"run only this suite (repeatable): {', '.join(SUITES)}")
     c.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    c.add_argument("--mnist", metavar="PATH",
+                   help="full MNIST for the convergence suites: a folder with the four IDX files (gzipped or not), "
+                        "or torchvision's MNIST root; default: the 5,000 embedded digits (never downloaded)")
     c.add_argument("--seed", type=int, help="hypothesis seed (default: random, printed)")
     c.add_argument("--max-examples", type=int, help="hypothesis examples per check")
     c.add_argument("--timeout", type=float, default=60.0, help="seconds a single target call may take")
@@ -76,10 +80,12 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
     """The pytest command line equivalent to ``bnverify check``."""
     out = ["--pyargs", "bnverify.suites", "--bn-target", args.target, "--bn-tier", args.tier,
            "--bn-device", args.device, "--bn-timeout", str(args.timeout),
-           "-p", "no:cacheprovider", "-o", "addopts=", "-o", "filterwarnings=", "--rootdir", os.getcwd()]
+           "-p", "no:cacheprovider", "-o", "addopts=", "-o", "filterwarnings=",
+           "-W", "ignore::pytest.PytestAssertRewriteWarning", "--rootdir", os.getcwd()]
     for flag, value in (("--bn-kind", args.kind), ("--bn-convention", args.convention),
                         ("--bn-seed", args.seed), ("--bn-max-examples", args.max_examples),
                         ("--bn-tracking-uri", args.tracking_uri), ("--bn-report", args.report),
+                        ("--bn-mnist", args.mnist),
                         ("--junitxml", args.junitxml)):
         if value is not None:
             out += [flag, str(value)]
@@ -100,6 +106,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     except TargetLoadError as exc:
         print(f"bnverify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.mnist is not None:  # read once here; the plugin reuses what was read
+        from bnverify.mnist import MnistError, load_idx_dir
+
+        try:
+            load_idx_dir(args.mnist)
+        except MnistError as exc:
+            print(f"bnverify: error: --mnist: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     import pytest
 
     from bnverify.runner import run_pytest

@@ -59,7 +59,8 @@ def check(
 ) -> tuple[int, RunSummary | None]:
     """Check ``target`` as ``bnverify check`` would, in this process."""
     args = ["--pyargs", "bnverify.suites", "--bn-target", target, "--bn-tier", tier,
-            "-p", "no:cacheprovider", "-o", "addopts=", "-o", "filterwarnings=", "-q", "--tb=no"]
+            "-p", "no:cacheprovider", "-o", "addopts=", "-o", "filterwarnings=",
+           "-W", "ignore::pytest.PytestAssertRewriteWarning", "-q", "--tb=no"]
     if quiet:
         args.append("--no-header")
     for flag, value in (("--bn-kind", kind), ("--bn-convention", convention), ("--bn-seed", seed),
