@@ -26,7 +26,7 @@ import pytest
 
 from bnverify.results import USER_PROPERTY_KEY, CheckResult, RunSummary
 
-SUITES = ("forward", "backward", "modes", "invariance", "convergence", "bench", "dropout", "seed-claims")
+SUITES = ("forward", "backward", "modes", "invariance", "convergence", "dropout", "seed-claims")
 #: Suites that run only when named with --bn-suite, never by tier alone (a study, not a check).
 OPT_IN_SUITES = ("seed-claims",)
 TIERS = ("quick", "full")
@@ -47,7 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bn-convention", default=None, choices=["torch", "keras", "flax", "cs231n", "inverted", "direct"],
                 help="framework convention the target follows (default torch; cs231n for numpy-cs231n)")
     g.addoption("--bn-tier", default="quick", choices=TIERS,
-                help="quick: the CI gate (equivalence, modes, invariance); full: adds convergence and benchmarks")
+                help="quick: the CI gate (equivalence, modes, invariance); full: adds the convergence suite")
     g.addoption("--bn-suite", action="append", default=[], metavar="NAME",
                 help=f"run only these suites (repeatable): {', '.join(SUITES)}")
     g.addoption("--bn-device", default="cpu", help="device for inputs and modules: cpu or cuda[:N]")
