@@ -47,7 +47,7 @@ def build(target: BNTarget, case: Case, device: str, *, momentum: float | None =
     """An instance configured for ``case``; returns it with the gamma/beta it actually holds (float64)."""
     cfg = BNConfig(
         num_features=case.shape[1], rank=len(case.shape), eps=case.eps,
-        momentum=target.convention.default_momentum if momentum is None else momentum,
+        momentum=case.momentum if momentum is None else momentum,
         affine=case.affine, track_running_stats=track_running_stats, dtype=case.dtype, device=device,
     )
     try:
