@@ -48,7 +48,7 @@ class _ManualUpdate(BatchNorm):
     """Normalises with the correct code and updates the running statistics by hand in ``_update``."""
 
     def _update(self, x: torch.Tensor) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is a base class: each bug defines its own update")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.training and self.track_running_stats:

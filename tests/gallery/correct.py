@@ -300,10 +300,10 @@ class BatchNormModuleBase(nn.Module):
         return float(self.momentum)
 
     def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is a base class: subclasses define the training forward")
 
     def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is a base class: subclasses define the eval forward")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() < 2:
