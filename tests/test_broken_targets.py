@@ -6,6 +6,7 @@ suite checks that must fail on it; this runs exactly those suites against it, as
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 from pathlib import Path
@@ -37,6 +38,29 @@ BUGS = all_bugs()
 def test_gallery_is_large_enough():
     assert len({b.id for b in BUGS}) == len(BUGS), "bug ids must be unique"
     assert len(BUGS) >= 15
+
+
+# Checks whose buggy implementations live beside their own meta-tests rather than in a registry.
+CAUGHT_ELSEWHERE = {
+    "test_drop_rate": "tests/test_dropout.py (KeepProb)",
+    "test_scaling": "tests/test_dropout.py (NoScale, EvalDrops)",
+    "test_independent_masks": "tests/test_dropout.py (FixedSeed, RowMask)",
+    "test_convergence": "tests/test_convergence_suite.py (stats-as-constants, no-variance-term, cs231n dx bugs)",
+    "test_seed_claim": "tests/test_convergence_suite.py (a bug fails a claim the reference reproduces)",
+}
+
+
+def test_every_check_has_a_bug_that_it_catches():
+    """A check that cannot fail is a defect: each suite check is named in some bug's ``catches``."""
+    checks = set()
+    for path in (REPO / "suites").glob("test_*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                checks.add(node.name)
+    caught = {c for b in BUGS for c in b.catches}
+    uncaught = sorted(checks - caught - set(CAUGHT_ELSEWHERE))
+    assert not uncaught, f"checks no gallery bug is registered to fail: {uncaught}"
+    assert set(CAUGHT_ELSEWHERE) <= checks, "stale CAUGHT_ELSEWHERE entries"
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.id)

@@ -346,3 +346,42 @@ class Cs231nUpdateFractionMomentum:
         dx = gamma * ivar * (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0)) if cache["mode"] == "train" \
             else gamma * ivar * g
         return dx.astype(cache["dtype"]), (g * xhat).sum(axis=0), g.sum(axis=0)
+
+
+class ZerosRunningVarBatchNorm(BatchNorm):
+    """Bug: ``running_var`` starts at 0 (the ``running_mean`` line copied), not 1.
+
+    Bug class B8 (running statistics wrong from the start).  Eval before any
+    training step divides by ``sqrt(0 + eps)``, amplifying the input ~300x;
+    after training the EMA is biased towards 0 for the first ~1/momentum steps.
+    Correct: ``running_mean = 0``, ``running_var = 1``, so a fresh module is the
+    identity in eval.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        if self.running_var is not None:
+            with torch.no_grad():
+                self.running_var.zero_()
+
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        if self.running_var is not None:
+            with torch.no_grad():
+                self.running_var.zero_()
+
+
+class EvalBatchStatsUnlessSingleBatchNorm(BatchNorm):
+    """Bug: eval uses the running statistics only for a batch of one and batch statistics otherwise.
+
+    Bug class B7, disguised: "batch statistics are better when we have them".
+    A single example looks right; the same example inside a batch gets another
+    output, so predictions depend on what else is in the batch.  Correct: eval
+    always uses the running statistics, so each sample's output depends on it alone.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training and input.shape[0] > 1 and input.numel() // input.shape[1] > 1:
+            return batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(input)

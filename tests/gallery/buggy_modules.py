@@ -46,6 +46,7 @@ __all__ = [
     "ParamGradMeanOverPositionsBatchNorm",
     "EvalTrainBackwardBatchNorm",
     "OnePassRecomputeBackwardBatchNorm",
+    "InputDtypeRecomputeBackwardBatchNorm",
 ]
 
 
@@ -460,3 +461,36 @@ class OnePassRecomputeBackwardBatchNorm(BatchNorm):
     """
 
     train_function = OnePassRecomputeFunction
+
+
+class InputDtypeRecomputeFunction(BatchNormTrainFunction):
+    """Backward that recomputes the batch statistics from ``x`` in ``x``'s own dtype (two passes)."""
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any):
+        x, weight, xf, g, acc = _recompute(ctx, dy)
+        dims, m = reduce_dims(x), values_per_channel(x)
+        mean = x.sum(dims) / m  # kept in x.dtype: a float16 sum past 65504 is inf
+        xmu = x - per_channel(mean, x)
+        var = (xmu * xmu).sum(dims) / m
+        invstd = torch.rsqrt(var.to(acc) + ctx.eps)
+        xhat = xmu.to(acc) * per_channel(invstd, xf)
+        dbeta = g.sum(dims)
+        dgamma = (g * xhat).sum(dims)
+        scale = invstd if weight is None else weight.to(acc) * invstd
+        dx = per_channel(scale, xf) * (g - per_channel(dbeta / m, xf) - xhat * per_channel(dgamma / m, xf))
+        return _grads(x, weight, dx, dgamma, dbeta)
+
+
+class InputDtypeRecomputeBackwardBatchNorm(BatchNorm):
+    """Bug: the backward re-derives mean and variance from ``x`` without upcasting 16-bit input.
+
+    Bug class B16, in the backward.  The forward computes its statistics in
+    float32, but the backward kernel recomputes them from the saved input in
+    the input's dtype; for float16 with thousands of values of magnitude ~30
+    the sum passes 65504 and becomes inf, so every gradient is NaN, while
+    float32/float64 inputs are exact.  Correct: save mean/invstd from the
+    forward, or recompute in float32 for 16-bit input.
+    """
+
+    train_function = InputDtypeRecomputeFunction

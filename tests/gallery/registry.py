@@ -140,6 +140,11 @@ FORWARD_BACKWARD_BUGS: tuple[Bug, ...] = (
         ("backward",), ("test_backward_ill_conditioned",), "B14",
         "To save memory my backward recomputes mean and variance from x in one pass, as E[x^2] - E[x]^2.",
     ),
+    Bug(
+        "module-backward-input-dtype-recompute", _M + "InputDtypeRecomputeBackwardBatchNorm", None,
+        ("backward",), ("test_backward_half",), "B16",
+        "My backward re-derives mean and variance from the saved x in x's own dtype; the forward upcasts, the backward forgot.",
+    ),
     # ---------------------------------------------------------------- torch-functional
     Bug(
         "functional-addcmul-swapped", _F + "batch_norm_addcmul_swapped", None,

@@ -105,6 +105,11 @@ DEMOS: dict[str, Demo] = {
         (_c("train_bwd", (16, 3, 5), "float32", data="ill"),),
         (_c("train_fwd", (16, 3, 5), "float32", data="ill"), _c("train_bwd", (16, 3, 5))),
     ),
+    "module-backward-input-dtype-recompute": Demo(
+        (_c("train_bwd", (64, 2, 8, 8), "float16", data="large"),),
+        (_c("train_fwd", (64, 2, 8, 8), "float16", data="large"), _c("train_bwd", (16, 3, 5), "float32"),
+         _c("train_bwd")),
+    ),
     # torch-functional
     "functional-addcmul-swapped": Demo(
         (_c("train_fwd"), _c("eval_fwd")),
