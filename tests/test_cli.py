@@ -110,3 +110,22 @@ def test_console_script_from_another_directory(tmp_path):
     proc = subprocess.run([str(exe), "check", "nope.nope:X"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 2 and "cannot import module" in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_failed_checks_of_a_crashing_target_are_still_logged(tmp_path, monkeypatch):
+    """Nothing the user ran is lost: a target that raises still produces a logged run with every check."""
+    monkeypatch.setenv("BNVERIFY_HOME", str(tmp_path / "home"))
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    code, summary = check("tests.hostile_targets:RaisesInForward", suites=["forward"], max_examples=2,
+                          tracking=True, tracking_uri=uri)
+    assert code == 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("bnverify")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["verdict"] == "failed"
+    passes = {k: v for k, v in parents[0].data.metrics.items() if k.endswith(".pass") and "/" in k}
+    assert len(passes) == len([r for r in summary.results if r.outcome in ("passed", "failed")])
+    assert passes and all(v == 0.0 for v in passes.values())
