@@ -306,3 +306,24 @@ def _numerical_gradcheck(inst: BNInstance, case: Case, device: str, check: Any) 
                 f"<forward(x), dy> along a random direction is {numeric:.9g} by central differences (h={h:g}) "
                 f"but {analytic:.9g} from batchnorm_backward's dx ({err:.3g} x tolerance)\n  case: {case.describe()}")
     check.observe(worst)
+
+
+def training_setup(target: BNTarget, device: str, config: Any, split: Any) -> tuple[Any, Any]:
+    """``(layer factory, protocol)`` for the suites that train the target inside a network.
+
+    Skips when CUDA is asked for but missing, or when the target cannot be used as a layer.
+    """
+    from bnverify import convergence as cv
+    from bnverify.adapter import layer_factory
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine")
+    try:
+        factory = layer_factory(target, device=device)
+    except NotSupported as exc:
+        pytest.skip(f"the target cannot be used as a layer here: {exc}")
+    protocol = cv.Protocol.for_suite(
+        split, config.getoption("bn_convergence_epochs"), config.getoption("bn_convergence_seeds")
+    )
+    return factory, protocol
+

@@ -151,15 +151,25 @@ def _channel_stats(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, n
     return mean, sigma, kappa, m
 
 
+def _normalised(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """``(mean, sigma, kappa, m, xhat)`` of float64 ``x`` with batch statistics."""
+    mean, sigma, kappa, m = _channel_stats(x, eps)
+    return mean, sigma, kappa, m, (x - mean) / sigma
+
+
+def _abs_affine(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``|gamma|``, ``|beta|`` broadcastable against ``x`` (1 and 0 without affine)."""
+    g, b = affine(x, gamma, beta)
+    return np.abs(g), np.abs(b)
+
+
 def forward_train(
     x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float, dtype: torch.dtype
 ) -> Tolerance:
     """Elementwise bound on a training-mode output (see the module docstring)."""
     x = np.asarray(x, dtype=np.float64)
-    nd = x.ndim
-    mean, sigma, kappa, m = _channel_stats(x, eps)
-    xhat = (x - mean) / sigma
-    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
+    mean, sigma, kappa, m, xhat = _normalised(x, eps)
+    g_, b_ = _abs_affine(x, gamma, beta)
     u, uo = _us(dtype)
     gm = growth(m)
     bound = SAFETY * (
@@ -184,7 +194,7 @@ def forward_eval(
     mean = per_channel(running_mean, nd)
     sigma = np.sqrt(per_channel(running_var, nd) + eps)
     xhat = (x - mean) / sigma
-    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
+    g_, b_ = _abs_affine(x, gamma, beta)
     u, uo = _us(dtype)
     bound = SAFETY * (
         g_ * u * ((np.abs(x) + np.abs(mean)) / sigma + 2.0 * np.abs(xhat) + 1.0)
@@ -212,9 +222,8 @@ def backward_train(
     dy = np.asarray(dy, dtype=np.float64)
     nd = x.ndim
     axes = reduction_axes(nd)
-    mean, sigma, kappa, m = _channel_stats(x, eps)
-    xhat = (x - mean) / sigma
-    g_ = np.abs(affine(x, gamma, None)[0])
+    mean, sigma, kappa, m, xhat = _normalised(x, eps)
+    g_, _ = _abs_affine(x, gamma, None)
     u, uo = _us(dtype)
     gm = growth(m)
     rms_dy = np.sqrt((dy**2).mean(axis=axes, keepdims=True))
@@ -248,7 +257,7 @@ def backward_eval(
     mean = per_channel(running_mean, nd)
     sigma = np.sqrt(per_channel(running_var, nd) + eps)
     xhat = (x - mean) / sigma
-    g_ = np.abs(affine(x, gamma, None)[0])
+    g_, _ = _abs_affine(x, gamma, None)
     u, uo = _us(dtype)
     gm = growth(m)
     fl = _floor(dtype)
@@ -420,10 +429,8 @@ def scale_exact_forward(
 ) -> Tolerance:
     """Bound on ``|t(a x; eps a^2) - sign(a) (t(x; eps) - beta) - beta|`` for a power of two ``a``."""
     x = np.asarray(x, dtype=np.float64)
-    nd = x.ndim
-    mean, sigma, _kappa, m = _channel_stats(x, eps)
-    xhat = (x - mean) / sigma
-    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
+    mean, sigma, _kappa, m, xhat = _normalised(x, eps)
+    g_, b_ = _abs_affine(x, gamma, beta)
     bound = _exact_u(dtype) * (g_ * np.abs(xhat) + b_) + _floor(dtype)
     return Tolerance(bound, _exact_text(dtype, m))
 
@@ -441,9 +448,8 @@ def scale_negative_forward(
     """
     base = scale_exact_forward(x, gamma, beta, eps, dtype)
     x = np.asarray(x, dtype=np.float64)
-    nd = x.ndim
     mean, sigma, _kappa, _m = _channel_stats(x, eps)
-    g_, b_ = (np.abs(a) for a in affine(x, gamma, beta))
+    g_, b_ = _abs_affine(x, gamma, beta)
     _, uo = _us(dtype)
     bound = base.bound + 2 * SAFETY * uo * (g_ * (np.abs(x) + np.abs(mean)) / sigma + b_)
     return Tolerance(bound, base.explanation.replace(
@@ -459,9 +465,8 @@ def scale_exact_dx(
     dy = np.asarray(dy, dtype=np.float64)
     nd = x.ndim
     axes = reduction_axes(nd)
-    mean, sigma, _kappa, _m = _channel_stats(x, eps)
-    xhat = (x - mean) / sigma
-    g_ = np.abs(affine(x, gamma, None)[0])
+    mean, sigma, _kappa, _m, xhat = _normalised(x, eps)
+    g_, _ = _abs_affine(x, gamma, None)
     mdy = np.abs(dy.mean(axis=axes, keepdims=True))
     mdyx = np.abs(dy * xhat).mean(axis=axes, keepdims=True)
     return _exact_u(dtype) * g_ / sigma * (np.abs(dy) + mdy + np.abs(xhat) * (1 + mdyx)) + _floor(dtype)

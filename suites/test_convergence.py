@@ -44,10 +44,9 @@ import time
 from typing import Any
 
 import pytest
-import torch
 
 from bnverify import convergence as cv
-from bnverify.adapter import NotSupported, layer_factory
+from bnverify import bncheck
 
 pytestmark = [pytest.mark.bnverify_suite("convergence"), pytest.mark.bnverify_tier("full")]
 
@@ -73,17 +72,9 @@ def _failure_message(name: str, v: cv.ConvergenceVerdict, png: str) -> str:
 
 def test_convergence(bn_target, bn_device, bn_check, bn_mnist, request, tmp_path_factory):
     """Trains like the reference: final accuracy in its noise band, epochs to 90 % (98 % full MNIST) in its spread."""
-    if bn_device.startswith("cuda") and not torch.cuda.is_available():
-        pytest.skip("CUDA is not available on this machine")
-    try:
-        factory = layer_factory(bn_target, device=bn_device)
-    except NotSupported as exc:
-        pytest.skip(f"the target cannot be used as a layer here: {exc}")
     config = request.config
     split = bn_mnist
-    protocol = cv.Protocol.for_suite(
-        split, config.getoption("bn_convergence_epochs"), config.getoption("bn_convergence_seeds")
-    )
+    factory, protocol = bncheck.training_setup(bn_target, bn_device, config, split)
     t0 = time.perf_counter()
     # the built-in networks first (cached for the rest of the process), so their time is reported apart
     cv.reference_curves(split, protocol, bn_device)

@@ -44,10 +44,9 @@ import math
 from typing import Any
 
 import pytest
-import torch
 
 from bnverify import convergence as cv
-from bnverify.adapter import NotSupported, layer_factory
+from bnverify import bncheck
 
 pytestmark = [pytest.mark.bnverify_suite("seed-claims"), pytest.mark.bnverify_tier("full")]
 
@@ -116,17 +115,9 @@ def _flatten(prefix: str, value: Any, metrics: dict[str, float], series: dict[st
 @pytest.mark.parametrize("claim", CLAIMS)
 def test_seed_claim(claim, bn_target, bn_device, bn_check, bn_mnist, claim_cache, request):
     """The claim reproduces with the target as the batch norm (xfail where it does not with correct batch norms)."""
-    if bn_device.startswith("cuda") and not torch.cuda.is_available():
-        pytest.skip("CUDA is not available on this machine")
-    try:
-        factory = layer_factory(bn_target, device=bn_device)
-    except NotSupported as exc:
-        pytest.skip(f"the target cannot be used as a layer here: {exc}")
     config = request.config
     split = bn_mnist
-    protocol = cv.Protocol.for_suite(
-        split, config.getoption("bn_convergence_epochs"), config.getoption("bn_convergence_seeds")
-    )
+    factory, protocol = bncheck.training_setup(bn_target, bn_device, config, split)
     names = SHARED.get(claim, (claim,))
     where = (bn_device, split.fingerprint(), protocol.training_key(), protocol.seeds)
 
