@@ -23,6 +23,13 @@ Hypothesis = tuple[str, Callable[[], np.ndarray]]
 
 
 
+def _batch(x: np.ndarray) -> tuple[tuple[int, ...], int, np.ndarray, np.ndarray]:
+    """``(axes, m, mean, biased var)`` with the statistics broadcastable against ``x``."""
+    axes = reduction_axes(x.ndim)
+    mu = x.mean(axis=axes, keepdims=True)
+    return axes, x.size // x.shape[1], mu, ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+
+
 def _first_match(actual: np.ndarray, tol: Tolerance, hyps: list[Hypothesis]) -> list[str]:
     out = []
     for text, fn in hyps:
@@ -40,11 +47,8 @@ def forward_train(
     actual: np.ndarray, x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
     tol: Tolerance, dtype: torch.dtype, running: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[str]:
-    axes = reduction_axes(x.ndim)
-    m = x.size // x.shape[1]
+    _axes, m, mu, var = _batch(x)
     g, b = affine(x, gamma, beta)
-    mu = x.mean(axis=axes, keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
     hyps: list[Hypothesis] = [
         ("the output matches normalisation by the unbiased (m-1) variance; batch norm normalises with the "
          "biased variance (divide by m) and uses m/(m-1) only for the running estimate",
@@ -100,12 +104,10 @@ def forward_eval(
     actual: np.ndarray, x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None,
     rm: np.ndarray, rv: np.ndarray, eps: float, tol: Tolerance,
 ) -> list[str]:
-    axes = reduction_axes(x.ndim)
     g, b = affine(x, gamma, beta)
     mean = per_channel(rm, x.ndim)
     var = per_channel(rv, x.ndim)
-    mu = x.mean(axis=axes, keepdims=True)
-    bvar = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    _axes, _m, mu, bvar = _batch(x)
     hyps: list[Hypothesis] = [
         ("eval output matches the batch's own statistics: eval mode must use running_mean/running_var "
          "(is the module's training flag read?)", lambda: g * (x - mu) / np.sqrt(bvar + eps) + b),
@@ -122,11 +124,8 @@ def backward_train(
     which: str, actual: np.ndarray, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray | None, eps: float,
     tol: Tolerance,
 ) -> list[str]:
-    axes = reduction_axes(x.ndim)
-    m = x.size // x.shape[1]
+    axes, m, mu, var = _batch(x)
     g, _ = affine(x, gamma, None)
-    mu = x.mean(axis=axes, keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
     s = np.sqrt(var + eps)
     xhat = (x - mu) / s
     mdy = dy.mean(axis=axes, keepdims=True)
@@ -159,10 +158,8 @@ def backward_train(
 def backward_eval(actual: np.ndarray, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray | None, eps: float,
                   tol: Tolerance) -> list[str]:
     causes = backward_train("dx", actual, x, dy, gamma, eps, tol)
-    axes = reduction_axes(x.ndim)
+    axes, _m, mu, var = _batch(x)
     g, _ = affine(x, gamma, None)
-    mu = x.mean(axis=axes, keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
     s = np.sqrt(var + eps)
     xhat = (x - mu) / s
     train_dx = g / s * (dy - dy.mean(axis=axes, keepdims=True) - xhat * (dy * xhat).mean(axis=axes, keepdims=True))
