@@ -7,20 +7,17 @@ training or eval mode, run backward with an upstream gradient, read
 everything back.  Tensors cross the interface as torch tensors; the numpy
 kind converts at its edge.
 
-Every call into user code goes through ``guarded``: an exception, a hang, a
-non-tensor, a wrong shape or a NaN comes back as ``TargetError`` (a failed
-check, with the target's own message), never as a traceback from deep inside
-the harness.  ``NotSupported`` marks a feature the target does not offer
-(an input rank, a dtype, a device): the check is skipped with that reason.
+Every call into user code goes through ``Target.call`` (``bnverify.target``):
+an exception, a hang, a non-tensor, a wrong shape or a NaN comes back as
+``TargetError`` (a failed check, with the target's own message), never as a
+traceback from deep inside the harness.  ``NotSupported`` marks a feature the
+target does not offer (an input rank, a dtype, a device): the check is
+skipped with that reason.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
-import signal
-import threading
-import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -29,25 +26,10 @@ import numpy as np
 import torch
 
 from bnverify.conventions import Convention
+from bnverify.target import NotSupported, Target, TargetError, TargetLoadError
 
-KINDS = ("torch-module", "torch-functional", "numpy-cs231n", "torch-dropout")
-"""Kinds ``--kind`` accepts; ``torch-dropout`` (an ``nn.Module`` with ``torch.nn.Dropout``'s constructor) is
-never detected, only named, so a plain ``nn.Module`` stays ``torch-module``."""
-
-DEFAULT_CALL_TIMEOUT_S = 60.0
-
-
-class NotSupported(Exception):
-    """The target does not offer this feature; the check is skipped with this reason."""
-
-
-class TargetError(AssertionError):
-    """The target misbehaved (raised, hung, returned garbage): the check fails with this message."""
-
-
-class TargetLoadError(Exception):
-    """The target could not be loaded or its kind not determined: a usage error (exit 2)."""
-
+__all__ = ["BNConfig", "BNInstance", "BNTarget", "Grads", "NotSupported", "TargetError", "TargetLoadError",
+           "functional_signature_matches", "layer_factory"]
 
 @dataclass(frozen=True)
 class BNConfig:
@@ -73,88 +55,6 @@ class Grads:
     dbeta: torch.Tensor | None
 
 
-# --------------------------------------------------------------------------- guarded calls
-
-class _Timeout(BaseException):
-    """Raised inside a target call by the alarm; a BaseException so the target cannot swallow it easily."""
-
-
-class _Watchdog:
-    """Bounds the time of each call into the target, so that a hang becomes a failed check.
-
-    On the main thread of a POSIX process an interval timer (``SIGALRM``)
-    interrupts the call: no extra thread, no measurable overhead.  It stops
-    Python-level loops, sleeps and waits; a hang inside one native call is
-    interrupted when that call returns to Python.  Elsewhere (worker threads,
-    Windows) the call runs on a helper thread and is abandoned after the
-    timeout.  A target that timed out once is marked as hung: later calls fail
-    at once instead of waiting again.
-    """
-
-    def __init__(self) -> None:
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.hung: str | None = None
-
-    def run(self, fn: Callable[[], Any], timeout: float | None) -> Any:
-        if self.hung:
-            raise TargetError(f"the target hung earlier ({self.hung}); not called again")
-        if timeout is None or timeout <= 0:
-            return fn()
-        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
-            return self._run_alarm(fn, timeout)
-        return self._run_thread(fn, timeout)
-
-    def _hang(self, timeout: float) -> TargetError:
-        self.hung = f"no answer within {timeout:g} s"
-        return TargetError(
-            f"the target did not return within {timeout:g} s (--bn-timeout): it hangs or is far too slow"
-        )
-
-    def _run_alarm(self, fn: Callable[[], Any], timeout: float) -> Any:
-        def on_alarm(signum: int, frame: Any) -> None:
-            raise _Timeout()
-
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        try:
-            return fn()
-        except _Timeout:
-            raise self._hang(timeout) from None
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-    def _run_thread(self, fn: Callable[[], Any], timeout: float) -> Any:
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bnverify-target")
-        pool = self._pool
-        grad_enabled = torch.is_grad_enabled()
-
-        def call() -> Any:
-            with torch.set_grad_enabled(grad_enabled):
-                return fn()
-
-        fut = pool.submit(call)
-        try:
-            return fut.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise self._hang(timeout) from None
-
-
-def _summarise_exception(exc: BaseException) -> str:
-    """``ValueError: msg (at mypkg/bn.py:42 in forward)``: the innermost frame outside the harness."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = ""
-    for fr in reversed(frames):
-        if "/bnverify/" not in fr.filename.replace("\\", "/") or "/tests/" in fr.filename:
-            where = f" (at {fr.filename}:{fr.lineno} in {fr.name})"
-            break
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {msg}{where}"
-
-
 # --------------------------------------------------------------------------- instances
 
 class BNInstance(ABC):
@@ -168,12 +68,7 @@ class BNInstance(ABC):
 
     def call(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run user code; turn any misbehaviour into ``TargetError`` naming ``what``."""
-        try:
-            return self.target.watchdog.run(fn, self.target.call_timeout)
-        except (TargetError, NotSupported):
-            raise
-        except Exception as exc:  # the target's own failure, reported as such
-            raise TargetError(f"{self.target.name} {what} raised {_summarise_exception(exc)}") from exc
+        return self.target.call(what, fn)
 
     @abstractmethod
     def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
@@ -462,20 +357,11 @@ _TORCH_BN_BY_RANK = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.
 
 
 @dataclass
-class BNTarget:
+class BNTarget(Target):
     """A loaded batch-norm target: how to build instances of it, and what it supports."""
 
-    name: str
-    kind: str
-    obj: Any
     convention: Convention
-    spec: str = ""
-    version: str = ""
-    source_file: str | None = None
-    call_timeout: float | None = DEFAULT_CALL_TIMEOUT_S
     by_rank: dict[int, type] | None = None  # the ``torch`` alias: a class per input rank
-    dropout_scaling: str = "inverted"  # torch-dropout only: "inverted" or "direct" (seed 001)
-    watchdog: _Watchdog = field(default_factory=_Watchdog, repr=False)
     _rank_probe: dict[int, str | None] = field(default_factory=dict, repr=False)
     _dtype_probe: dict[torch.dtype, str | None] = field(default_factory=dict, repr=False)
 
@@ -494,7 +380,7 @@ class BNTarget:
             return TorchFunctionalInstance(self, cfg, self.obj)
         if self.kind == "numpy-cs231n":
             return Cs231nInstance(self, cfg, self.obj)
-        raise NotSupported(f"kind {self.kind!r} is not a batch norm")
+        raise NotSupported(f"kind {self.kind!r} is not a batch norm")  # pragma: no cover - the family has 3 kinds
 
     def probe_rank(self, rank: int, device: str = "cpu") -> str | None:
         """None if the target runs a training forward at this rank, else why not (its own message)."""

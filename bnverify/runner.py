@@ -47,6 +47,7 @@ def check(
     *,
     kind: str | None = None,
     convention: str | None = None,
+    reference: str | None = None,
     suites: Sequence[str] = (),
     tier: str = "quick",
     seed: int | None = 0,
@@ -63,7 +64,8 @@ def check(
            "-W", "ignore::pytest.PytestAssertRewriteWarning", "-q", "--tb=no"]
     if quiet:
         args.append("--no-header")
-    for flag, value in (("--bn-kind", kind), ("--bn-convention", convention), ("--bn-seed", seed),
+    for flag, value in (("--bn-kind", kind), ("--bn-convention", convention), ("--bn-reference", reference),
+                        ("--bn-seed", seed),
                         ("--bn-max-examples", max_examples), ("--bn-tracking-uri", tracking_uri)):
         if value is not None:
             args += [flag, str(value)]

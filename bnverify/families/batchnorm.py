@@ -1,0 +1,96 @@
+"""The batch-norm family: three kinds, four conventions, the equivalence and training suites.
+
+| kind | what the user hands over | detected by |
+|---|---|---|
+| ``torch-module`` | an ``nn.Module`` class with ``torch.nn.BatchNorm2d``'s constructor | a ``torch.nn.Module`` subclass |
+| ``torch-functional`` | a callable with ``torch.nn.functional.batch_norm``'s signature | its parameter names |
+| ``numpy-cs231n`` | a module with ``batchnorm_forward`` / ``batchnorm_backward`` | those two names |
+
+Conventions are ``bnverify.conventions.CONVENTIONS`` (torch, keras, flax, cs231n), each cell
+cited there; the default is ``torch`` (``cs231n`` for the numpy-cs231n kind).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from bnverify.conventions import CONVENTIONS
+from bnverify.families import Family, Kind, Suite
+from bnverify.target import TargetLoadError
+
+
+def _is_module_class(obj: Any) -> bool:
+    import torch
+
+    return inspect.isclass(obj) and issubclass(obj, torch.nn.Module)
+
+
+def _is_cs231n(obj: Any) -> bool:
+    return hasattr(obj, "batchnorm_forward") and hasattr(obj, "batchnorm_backward")
+
+
+def _is_functional(obj: Any) -> bool:
+    from bnverify.adapter import functional_signature_matches
+
+    return callable(obj) and not inspect.isclass(obj) and functional_signature_matches(obj)
+
+
+def _validate_module(obj: Any, spec: str) -> None:
+    if not _is_module_class(obj):
+        raise TargetLoadError(f"{spec!r} is not an nn.Module subclass, so it cannot be of kind torch-module")
+
+
+def _validate_functional(obj: Any, spec: str) -> None:
+    if not callable(obj):
+        raise TargetLoadError(f"{spec!r} is not callable, so it cannot be of kind torch-functional")
+
+
+def _validate_cs231n(obj: Any, spec: str) -> None:
+    missing = [n for n in ("batchnorm_forward", "batchnorm_backward") if not callable(getattr(obj, n, None))]
+    if missing:
+        raise TargetLoadError(f"{spec!r} lacks {' and '.join(missing)}, which the numpy-cs231n kind needs")
+
+
+def make_target(obj: Any, kind: str, spec: str, name: str, convention: Any) -> Any:
+    from bnverify.adapter import BNTarget
+
+    return BNTarget(name=name, kind=kind, obj=obj, spec=spec, convention=convention)
+
+
+def _torch_target() -> Any:
+    from bnverify.targets.builtin import torch_target
+
+    return torch_target()
+
+
+def _reference_target() -> Any:
+    from bnverify.targets.builtin import reference_target
+
+    return reference_target()
+
+
+FAMILY = Family(
+    name="batchnorm",
+    title="batch norm",
+    kinds=(
+        Kind("torch-module", "an nn.Module class with torch.nn.BatchNorm2d's constructor",
+             _is_module_class, _validate_module),
+        Kind("numpy-cs231n", "a module with batchnorm_forward(x, gamma, beta, bn_param) and "
+             "batchnorm_backward(dout, cache)", _is_cs231n, _validate_cs231n),
+        Kind("torch-functional", "a function with torch.nn.functional.batch_norm's signature",
+             _is_functional, _validate_functional),
+    ),
+    suites=(
+        Suite("forward", "quick", summary="training and eval output against the float64 oracle"),
+        Suite("backward", "quick", summary="dx, dgamma, dbeta against the oracle and finite differences"),
+        Suite("modes", "quick", summary="running statistics, train/eval, conventions, folding"),
+        Suite("invariance", "quick", summary="scale and shift invariance, gradient geometry"),
+        Suite("convergence", "full", summary="seed 002's MNIST network beside the reference"),
+        Suite("seed-claims", "full", opt_in=True, summary="what the seeds claim about batch norm"),
+    ),
+    conventions=dict(CONVENTIONS),
+    make_target=make_target,
+    default_conventions={"numpy-cs231n": "cs231n"},
+    aliases={"torch": _torch_target, "reference": _reference_target},
+)
