@@ -529,8 +529,25 @@ DROPOUT_N = 100_000
 """Elements per statistical dropout test: the drop count is Binomial(n, p), sd <= 158 at p = 0.5."""
 
 DROPOUT_Z = 5.0
-"""Two-sided z bound for the binomial tests of ``bnverify.dropout`` (drop rate, mask overlap p^2):
+"""Two-sided z bound for the binomial tests of ``suites/test_dropout.py`` (drop rate, mask overlap p^2):
 a correct implementation exceeds it with probability 5.7e-7 per test (normal approximation, n p (1-p)
 >= 900 for the p the suite uses), while p swapped for 1-p at p=0.1 is off by 0.8 n = 80000, ~300 sd,
 and identical masks overlap at rate p instead of p^2, ~200 sd at p=0.5."""
+
+
+def dropout_train_bound(expected: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """A kept element ``x * scale``: one rounding of the scale and one of the product, times ``SAFETY``."""
+    return SAFETY * 2 * unit_roundoff(dtype) * np.abs(expected)
+
+
+def dropout_eval_bound(expected: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Eval dropout, ``x`` or ``(1 - p) x``: at most one rounding, times ``SAFETY``."""
+    return SAFETY * unit_roundoff(dtype) * np.abs(expected)
+
+
+DROPOUT_SCALE_MATCH = 1e-4
+"""Relative distance at which the median scale of kept elements is said to *be* 1, 1/(1-p) or 1/p in a
+likely cause: the three differ by at least 11% for the p the suite uses, and the median of 20,000
+ratios of one rounding each is exact to far better than 1e-4."""
+
 
