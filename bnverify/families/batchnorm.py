@@ -70,6 +70,13 @@ def _reference_target() -> Any:
     return reference_target()
 
 
+def _fingerprint(target: Any, device: str, as_json: bool) -> str:
+    from bnverify.fingerprint import fingerprint
+
+    fp = fingerprint(target, device)
+    return fp.to_json() if as_json else fp.table()
+
+
 FAMILY = Family(
     name="batchnorm",
     title="batch norm",
@@ -93,4 +100,5 @@ FAMILY = Family(
     make_target=make_target,
     default_conventions={"numpy-cs231n": "cs231n"},
     aliases={"torch": _torch_target, "reference": _reference_target},
+    fingerprint=_fingerprint,
 )
