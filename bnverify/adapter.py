@@ -199,7 +199,7 @@ class TorchFunctionalInstance(BNInstance):
         if cfg.momentum is None:
             raise NotSupported("a torch-functional target takes a float momentum; momentum=None is a module feature")
         self.fn = fn
-        kw = {"dtype": cfg.dtype, "device": cfg.device}
+        kw: dict[str, Any] = {"dtype": cfg.dtype, "device": cfg.device}
         c = cfg.num_features
         self.weight = torch.ones(c, **kw) if cfg.affine else None
         self.bias = torch.zeros(c, **kw) if cfg.affine else None
@@ -250,7 +250,7 @@ class TorchFunctionalInstance(BNInstance):
         fn, cfg = self.fn, self.cfg
         rm = None if self.running_mean is None else self.running_mean.clone()
         rv = None if self.running_var is None else self.running_var.clone()
-        if self.weight is None:
+        if self.weight is None or self.bias is None:
             return (lambda x: fn(x, rm, rv, None, None, True, cfg.momentum, cfg.eps)), ()
         return (
             lambda x, g, b: fn(x, rm, rv, g, b, True, cfg.momentum, cfg.eps),

@@ -190,14 +190,16 @@ def _apply_example_budgets(items: list[pytest.Item]) -> None:
     """
     from hypothesis import settings
 
+    current = settings.default
+    assert current is not None  # a profile is always loaded once hypothesis is imported
     for it in items:
         fn = getattr(it, "obj", None)
-        if _suite_of(it) is None or not hasattr(fn, "_hypothesis_internal_use_settings"):
+        if fn is None or _suite_of(it) is None or not hasattr(fn, "_hypothesis_internal_use_settings"):
             continue
         mark = it.get_closest_marker("bnverify_examples")
         frac = float(mark.args[0]) if mark else 1.0
-        n = max(3, int(settings.default.max_examples * frac)) if mark else settings.default.max_examples
-        fn._hypothesis_internal_use_settings = settings(settings.default, max_examples=n)
+        n = max(3, int(current.max_examples * frac)) if mark else current.max_examples
+        fn._hypothesis_internal_use_settings = settings(current, max_examples=n)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -214,7 +216,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"bnverify {bnverify.__version__}: target {target.spec} ({target.name}, kind {target.kind}, "
         f"convention {target.convention.name}), device {config.getoption('bn_device')}",
         f"bnverify suites: {', '.join(suites)}; hypothesis seed {seed}, profile "
-        f"{settings.get_current_profile_name()} (max_examples={settings.default.max_examples})",
+        f"{settings.get_current_profile_name()} (max_examples={getattr(settings.default, 'max_examples', '?')})",
         f"bnverify reproduce: {_reproduce(target)} --seed {seed}",
     ]
 
@@ -289,7 +291,7 @@ def bn_check(request: pytest.FixtureRequest) -> CheckRecorder:
 
 def _item_data(item: pytest.Item) -> dict[str, Any]:
     for key, value in item.user_properties:
-        if key == USER_PROPERTY_KEY:
+        if key == USER_PROPERTY_KEY and isinstance(value, dict):
             return value
     data: dict[str, Any] = {}
     item.user_properties.append((USER_PROPERTY_KEY, data))

@@ -70,7 +70,6 @@ def test_scaling(bn_target, bn_check, seed, p):
     inst = bn_target.instance(p)
     x = _x(20000, seed + 1)
     x64 = to_f64(x)
-    u = tols.unit_roundoff(x.dtype)
 
     y = to_f64(inst.forward(x, training=True))
     keep = y != 0
