@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_cli_options(f, names=("kind", "device"))
     f.add_argument("--json", action="store_true", help="print JSON instead of a table")
     f.set_defaults(func=cmd_fingerprint)
+    e = sub.add_parser("ci-example", help="print a GitHub Actions workflow that gates on bnverify",
+                       description="Print a ready GitHub Actions workflow: the quick tier on every push and pull "
+                                   "request, the full tier nightly, results to the MLflow server named by the "
+                                   "MLFLOW_TRACKING_URI secret, known deviations from bnverify-xfails.txt.")
+    e.add_argument("--target", default="mypkg.bn:MyBatchNorm", help="the target the workflow checks")
+    e.add_argument("--flags", default="", help="further `bnverify check` flags, e.g. \"--kind numpy-cs231n\"")
+    e.add_argument("--install", default="pip install bnverify", help="the step that installs bnverify and "
+                   "the target's package")
+    e.set_defaults(func=cmd_ci_example)
     try:
         from bnverify import tracking_cli
     except ImportError:  # pragma: no cover - ships with the package
@@ -115,6 +124,13 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     print(probe(target, args.bn_device, args.json))
+    return EXIT_OK
+
+
+def cmd_ci_example(args: argparse.Namespace) -> int:
+    from bnverify.gating import ci_example
+
+    print(ci_example(args.target, args.flags, args.install), end="")
     return EXIT_OK
 
 

