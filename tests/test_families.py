@@ -18,14 +18,14 @@ from bnverify.target import Target, TargetLoadError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _suite_markers() -> dict[str, str]:
-    """``suite name -> module`` from the ``bnverify_suite(...)`` marks of ``suites/test_*.py``."""
+def _suite_markers(mark: str = "bnverify_suite") -> dict[str, str]:
+    """``module -> argument`` of the ``mark(...)`` marks of ``suites/test_*.py``."""
     found: dict[str, str] = {}
     for path in (REPO / "suites").glob("test_*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "bnverify_suite"
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == mark
                     and node.args and isinstance(node.args[0], ast.Constant)):
-                found[node.args[0].value] = path.name
+                found[path.name] = node.args[0].value
     return found
 
 
@@ -35,7 +35,11 @@ def test_registry_is_consistent_with_the_suite_modules():
     suites = families.all_suites()
     assert len(suites) == len(set(suites)), "a suite belongs to one family"
     markers = _suite_markers()
-    assert set(markers) == set(suites), f"suites without a module or modules without a registry entry: {markers}"
+    assert set(markers.values()) == set(suites), f"suites without a module or modules without an entry: {markers}"
+    tiers = _suite_markers("bnverify_tier")  # documentation in the module; the registry decides
+    for module, suite in markers.items():
+        fam = families.family_of_suite(suite)
+        assert fam is not None and tiers.get(module, fam.suite(suite).tier) == fam.suite(suite).tier, module
     for fam in families.FAMILIES:
         assert fam.default_convention(fam.kinds[0].name) in fam.conventions
         for kind, conv in fam.default_conventions.items():
