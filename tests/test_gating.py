@@ -117,3 +117,8 @@ def test_ci_example_is_valid_yaml_whose_commands_the_cli_accepts():
 def test_ci_example_command_prints_it(capsys):
     assert main(["ci-example", "--target", "pkg:BN"]) == 0
     assert "bnverify check pkg:BN --tier quick" in capsys.readouterr().out
+
+
+def test_readme_shows_the_printed_workflow():
+    readme = (REPO / "README.md").read_text()
+    assert "```yaml\n" + ci_example() + "```" in readme
