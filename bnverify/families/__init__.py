@@ -102,9 +102,9 @@ class Family:
 
 
 def _families() -> tuple[Family, ...]:
-    from bnverify.families import batchnorm, dropout
+    from bnverify.families import batchnorm, dropout, optim
 
-    return (batchnorm.FAMILY, dropout.FAMILY)
+    return (batchnorm.FAMILY, dropout.FAMILY, optim.FAMILY)
 
 
 FAMILIES: tuple[Family, ...] = _families()
