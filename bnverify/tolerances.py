@@ -551,3 +551,68 @@ likely cause: the three differ by at least 11% for the p the suite uses, and the
 ratios of one rounding each is exact to far better than 1e-4."""
 
 
+
+# --------------------------------------------------------------------------- optimizer suite (`optim`)
+# Optimizer steps are compared in lockstep (``bnverify.optim_check``): before every step the reference
+# gets the target's own parameters and exactly the gradients the target received, and keeps its own
+# state.  Parameter errors therefore never feed back through the loss, and what remains is rounding,
+# bounded per element as a running error bound (Higham ch. 3, "running error analysis") propagated
+# through the reference's own update function:
+#
+# * the inputs of one step carry rounding the target is allowed: the gradient after weight decay,
+#   ``g + c lambda theta`` (``c`` = 1 or 2), to ``OPTIM_STATE_OPS u (|g| + 2 lambda |theta|)``; each state
+#   entry to ``acc + OPTIM_STATE_OPS u |s|``, ``acc`` being its bound from earlier steps;
+# * their effect is measured, not modelled: the reference step is evaluated with each input moved by
+#   its bound, up and down (state entries that are non-negative by construction are not moved below
+#   0), and the largest change of the new parameter and of each new state entry is taken, summed over
+#   the inputs.  This is first-order propagation of the bounds through the exact update; it carries
+#   the contraction of the moving averages (old errors times beta), cross terms (a square average
+#   inside a momentum buffer, the maximum of amsgrad) and cancellation (centred RMSprop's ``u - g_bar^2``,
+#   Nesterov's ``g + mu b``) without a formula per optimizer;
+# * each step adds ``OPTIM_STATE_OPS u |s_new|`` to a state entry (the final sum and its storage) and
+#   ``OPTIM_UPDATE_OPS u |Delta| + 2 u (|theta_old| + |theta_new|)`` to a parameter (the roundings of
+#   the update ``Delta`` after its inputs: bias corrections, square root, eps, division, learning
+#   rate; then the decoupled decay and the subtraction).
+#
+# ``u`` is the unit roundoff of the parameters' dtype plus the oracle's ``ORACLE_U``; the sum is
+# multiplied by ``SAFETY``.  Ops are counted for the longest form (torch's Adam: ``lerp`` = subtract,
+# multiply, add; ``mul_``/``addcmul_`` = 3; ``sqrt``, ``/ bias_correction2_sqrt``, ``+ eps``,
+# ``addcdiv`` = 3, ``lr / bias_correction1``), rounded up.  A convention difference is far above these
+# bounds: eps inside vs outside the root with ``eps`` 1e-2 of ``sqrt(v)`` changes the update by ~1%,
+# bias correction by up to ``1/(1 - beta1) = 10x``, while the bounds are ~1e-14 relative in float64 and
+# ~1e-5 in float32 over the suite's 12-25 steps.
+OPTIM_STATE_OPS = 6
+"""Roundings per state entry per step (torch's lerp/mul/addcmul forms: at most 5, plus the stored value)."""
+
+OPTIM_UPDATE_OPS = 10
+"""Roundings of the update after its inputs (torch's Adam: 8), plus one each for decoupled decay and lr."""
+
+
+def optim_input_bounds(grad: np.ndarray, param: np.ndarray, weight_decay: float, dtype: torch.dtype) -> np.ndarray:
+    """How far the target's effective gradient ``g + c lambda theta`` may be from the exact one."""
+    u = unit_roundoff(dtype) + ORACLE_U
+    return OPTIM_STATE_OPS * u * (np.abs(grad) + 2 * abs(weight_decay) * np.abs(param))
+
+
+def optim_state_rounding(state_value: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Rounding of one state entry within one step: its own storage and the final sum."""
+    return OPTIM_STATE_OPS * (unit_roundoff(dtype) + ORACLE_U) * np.abs(state_value)
+
+
+def optim_param_bound(propagated: np.ndarray, old: np.ndarray, new: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The bound on a parameter after one step: propagated input bounds plus this step's roundings, x SAFETY."""
+    u = unit_roundoff(dtype) + ORACLE_U
+    step = OPTIM_UPDATE_OPS * u * np.abs(new - old) + 2 * u * (np.abs(old) + np.abs(new))
+    return SAFETY * (propagated + step) + _floor(dtype)
+
+
+def optim_state_bound(acc: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The bound on a state entry: its running bound ``acc`` x SAFETY."""
+    return SAFETY * acc + _floor(dtype)
+
+
+def optim_explanation(dtype: torch.dtype, step: int) -> str:
+    return (f"running error bound of {step} lockstep step(s) in {str(dtype).replace('torch.', '')} "
+            f"(u={unit_roundoff(dtype):.1e}): {OPTIM_STATE_OPS} roundings per state entry and {OPTIM_UPDATE_OPS} "
+            f"per update, propagated through the reference update, safety x{SAFETY:g} "
+            f"(derivation: bnverify.tolerances, optimizer section)")
