@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 
 from bnverify import convergence as cv
-from bnverify import bncheck
+from bnverify.convergence.suite import training_setup
 
 pytestmark = [pytest.mark.bnverify_suite("convergence"), pytest.mark.bnverify_tier("full")]
 
@@ -74,7 +74,7 @@ def test_convergence(bn_target, bn_device, bn_check, bn_mnist, request, tmp_path
     """Trains like the reference: final accuracy in its noise band, epochs to 90 % (98 % full MNIST) in its spread."""
     config = request.config
     split = bn_mnist
-    factory, protocol = bncheck.training_setup(bn_target, bn_device, config, split)
+    factory, protocol = training_setup(bn_target, bn_device, config, split)
     t0 = time.perf_counter()
     # the built-in networks first (cached for the rest of the process), so their time is reported apart
     cv.reference_curves(split, protocol, bn_device)

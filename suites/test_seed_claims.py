@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 
 from bnverify import convergence as cv
-from bnverify import bncheck
+from bnverify.convergence.suite import training_setup
 
 pytestmark = [pytest.mark.bnverify_suite("seed-claims"), pytest.mark.bnverify_tier("full")]
 
@@ -117,7 +117,7 @@ def test_seed_claim(claim, bn_target, bn_device, bn_check, bn_mnist, claim_cache
     """The claim reproduces with the target as the batch norm (xfail where it does not with correct batch norms)."""
     config = request.config
     split = bn_mnist
-    factory, protocol = bncheck.training_setup(bn_target, bn_device, config, split)
+    factory, protocol = training_setup(bn_target, bn_device, config, split)
     names = SHARED.get(claim, (claim,))
     where = (bn_device, split.fingerprint(), protocol.training_key(), protocol.seeds)
 

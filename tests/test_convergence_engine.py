@@ -15,6 +15,7 @@ from torch import nn
 
 from bnverify import convergence as cv
 from bnverify import mnist
+from bnverify.convergence import training
 from bnverify.reference.batchnorm_torch import BatchNorm as ReferenceBN
 
 # 1,000 training / 500 test digits; lr 0.05 so a few epochs separate good from bad.
@@ -209,7 +210,7 @@ def test_cache_reuses_reference_curves(split, reference) -> None:
     again = cv.cached_curve("reference", split, FAST, FAST.seeds[0])
     assert again is not ref[0] and again.test_acc == ref[0].test_acc
     key = ("reference", FAST.training_key(), split.fingerprint(), FAST.seeds[0], "cpu")
-    assert key in cv._CURVE_CACHE
+    assert key in training._CURVE_CACHE
     # judging fields do not invalidate the cache; training fields do
     assert FAST.replace(confidence=0.95, target_accuracy=0.5).training_key() == FAST.training_key()
     assert FAST.replace(lr=0.1).training_key() != FAST.training_key()
@@ -381,6 +382,9 @@ def test_slower_target_fails_on_speed() -> None:
     assert v.outcome == "fail" and v.reasons == [f"slower to 90%: {v.epochs_to_target['target']:.1f} epochs against at most {v.epochs_to_target['allowed']:.1f}"]
     assert v.final["band_low"] <= v.final["target"]  # it gets there in the end
     assert v.bug_impact_at.startswith("epoch") and v.bug_impact_points > 10
+    rows = v.table().splitlines()
+    assert rows[0].split() == ["epoch", "target", "reference", "(band)", "no-BN"]
+    assert rows[2].split()[0] == "1" and rows[2].endswith("<")  # epoch 1 below the band, marked
 
 
 def test_reference_failure_is_an_error_not_a_verdict() -> None:
