@@ -153,3 +153,13 @@ def test_help_is_fast_and_light():
 def test_kind_named_for_an_object_of_another_kind_is_a_usage_error():
     with pytest.raises(TargetLoadError, match="not an nn.Module subclass"):
         load_target("torch.nn.functional:batch_norm", kind="torch-dropout")
+
+
+def test_every_package_is_installed():
+    """A non-editable install takes only the packages pyproject.toml lists: every bnverify/ package is listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"bnverify." + p.parent.relative_to(REPO / "bnverify").as_posix().replace("/", ".")
+             for p in (REPO / "bnverify").glob("*/__init__.py")}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
