@@ -270,14 +270,32 @@ def backward_eval(
     return BackwardTolerance(Tolerance(dx_b, text), Tolerance(dg_b, text), Tolerance(db_b, text))
 
 
-# Tolerances of checks that are not comparisons to the oracle.
+# --------------------------------------------------------------------------- gradient check (suite `backward`)
+# ``test_gradcheck`` compares the target's backward with finite differences of its own forward, in float64.
+
 GRADCHECK = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}
 """float64 finite differences, torch.autograd.gradcheck's defaults (designed for double precision)."""
+
+DIRECTIONAL_FD_STEP = 1e-5
+"""Step ``h`` of the central difference ``<f(x + h v) - f(x - h v), dy> / 2h`` that checks targets without
+autograd (numpy-cs231n) along a random direction ``v``, in float64.  For inputs of unit scale its
+truncation error is ``O(h^2) ~ 1e-10`` and its rounding error ``O(u/h) ~ 1e-11`` relative, both far below
+``GRADCHECK["rtol"]``; ``h`` is near the optimum ``u^(1/3) ~ 5e-6`` of a central difference."""
+
+
+def directional_gradcheck(dx: np.ndarray, v: np.ndarray) -> float:
+    """Allowed ``|numeric - analytic|`` for the directional derivative ``<dx, v>``.
+
+    ``GRADCHECK``'s rtol times the largest the sum can be, ``sum|dx| max|v|``, plus its atol.  The
+    ``1e-12`` only keeps the scale positive when ``dx = 0``; it is far below the atol.
+    """
+    scale = float(np.abs(dx).sum() * np.abs(v).max()) + 1e-12
+    return GRADCHECK["rtol"] * scale + GRADCHECK["atol"]
 
 
 # --------------------------------------------------------------------------- modes suite (running statistics)
 #
-# Running statistics after k training steps (``bnverify.modes``).  One step with new-batch weight ``w``:
+# Running statistics after k training steps (``suites/test_bn_modes.py``).  One step with new-batch weight ``w``:
 #
 #     r_mean' = (1-w) r_mean + w mu_B          r_var' = (1-w) r_var + w f sigma_B^2,   f = m/(m-1) or 1
 #
@@ -348,10 +366,82 @@ reads ``eps = (x / y)^2`` from an eval output with ``running_var = 0``, whose fl
 ``u = 6e-8`` relative; the frameworks' defaults differ by 100x (1e-5 vs 1e-3), and a wrong default is
 never within 0.1%."""
 
-DEFAULT_MOMENTUM_ATOL = 1e-3
-"""Absolute tolerance on a *measured* new-batch weight of the default momentum: one training step from
-running mean 0 gives ``w mu_B`` with ``mu_B`` of order 1, measured to a few float32 ulps; the
-conventions' weights (0.1, 0.01) differ by 0.09."""
+MOMENTUM_WEIGHT_ATOL = 1e-3
+"""Absolute tolerance on a *measured* new-batch weight (``bnverify.fingerprint``: the momentum-meaning
+probe, which tells 0.2 from 0.8 and 1, and the default momentum): one training step from running mean 0
+gives ``w mu_B`` with ``mu_B`` of order 1, measured to a few float32 ulps; the weights told apart differ
+by at least 0.09 (the conventions' 0.1 and 0.01)."""
+
+DEFAULT_MOMENTUM_ATOL = MOMENTUM_WEIGHT_ATOL
+"""The same tolerance on the new-batch weight of the default momentum (``test_constructor_defaults``)."""
+
+
+TOGGLE_STEPS_FACTOR = 8.0
+"""Steps' worth of batch-statistics error allowed on the running statistics in ``test_mode_toggling``
+(see ``toggled_running``): the sequence trains three times before its last eval step, each step adds at
+most one batch's error, and 3 is rounded up to a power of two because the bound is evaluated on the eval
+batch, not on the batches trained on (other draws of the same conditioning)."""
+
+TOGGLE_ULPS = 16
+"""Ulps of the expected running value allowed in ``test_mode_toggling`` for the blends themselves: each
+training step rounds three times in the buffer dtype (``running_update``'s blend term), nine roundings
+over the sequence's three steps, rounded up to 16."""
+
+
+def toggled_running(
+    x: np.ndarray, rm: np.ndarray, rv: np.ndarray, unbiased: bool, dtype: torch.dtype,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on the running mean and variance read before an eval step of ``test_mode_toggling``.
+
+    ``running_update``'s bound for one step on the eval batch ``x`` with new-batch weight 1 (the batch
+    statistics' own error, nothing carried), times ``TOGGLE_STEPS_FACTOR``, plus ``TOGGLE_ULPS`` ulps of
+    the expected values ``rm``/``rv``.  The mistakes the check looks for (an update in eval, an update
+    skipped after eval) move the statistics by a whole batch's weight, orders of magnitude more.
+    """
+    bm, bv = running_update(x, rm, rv, 1.0, unbiased, dtype, np.zeros_like(rm), np.zeros_like(rv))
+    u = unit_roundoff(dtype)
+    return (bm * TOGGLE_STEPS_FACTOR + np.abs(rm) * u * TOGGLE_ULPS,
+            bv * TOGGLE_STEPS_FACTOR + np.abs(rv) * u * TOGGLE_ULPS)
+
+
+SINGLE_VALUE_RTOL = 1e-5
+SINGLE_VALUE_ATOL = 1e-6
+"""``np.allclose`` tolerances on the running statistics after a training step on one value per channel,
+under conventions that allow it (biased running variance, ``test_single_value_per_channel``): the batch
+variance is exactly 0 and the batch mean is the value itself, so the update is one blend per buffer, a
+few float32 ulps (6e-8) relative.  1e-5 relative (and 1e-6 absolute, for statistics near 0) is a
+generous allowance for that, while the mistakes looked for (no update, the wrong weight, the unbiased
+factor) move the statistics by ``w |x - r|``, of order 1e-2 for the values the check draws."""
+
+
+# --------------------------------------------------------------------------- fingerprint probes
+# ``bnverify fingerprint`` tells conventions apart by running the target on float32 inputs built so that
+# each answer is a number of order 1, measured to a few float32 ulps (6e-8 relative), while the answers it
+# chooses between differ by at least 0.5%.  Each probe tolerance sits between the two.
+
+PROBE_MOMENTUM_NONE_RTOL = 1e-5
+"""``momentum=None`` probe: batch means 1, 3, 8 give the cumulative average 1, 2, 4; an exponential
+average (momentum 0.1) would give 0.1, 0.39, 1.15."""
+
+PROBE_ESTIMATOR_ATOL = 1e-4
+"""Running-variance estimator probe: stored / batch variance is 4/3 (unbiased, m = 4) or 1 (biased)."""
+
+PROBE_EPS_PLACEMENT_RTOL = 1e-4
+"""eps-placement probe (eval at running_var 0, eps, 1 with eps = 0.01): the closest candidates,
+``1/sqrt(1 + eps)`` and ``1/(1 + eps)``, differ by 0.5%."""
+
+PROBE_EVAL_RTOL = 1e-4
+PROBE_EVAL_ATOL = 1e-5
+"""Eval-statistics probe: eval output with running statistics (means +-5, variances 0.25-9) against
+the batch's own statistics (mean 0, variance 2.5); the two differ by whole units."""
+
+PROBE_DEBIAS_ATOL = 1e-4
+"""EMA zero-debiasing probe: after one step with new-batch weight 0.1 on batch mean 2, the running mean is
+2 (debiased, Haiku) or 0.2."""
+
+PROBE_ALLCLOSE_ATOL = 1e-8
+"""numpy's default absolute floor of ``np.allclose``, kept where a probe relies on it; every probed value
+is of order 1, so it never decides."""
 
 
 # =========================================================================== invariance (suite `invariance`)
@@ -524,6 +614,96 @@ def running_permutation(x: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, 
     return tm, tv
 
 
+def permutation_pair(tol: Tolerance, perm: np.ndarray | None = None) -> Tolerance:
+    """Two evaluations of the target on one batch in two orders, each within ``tol`` of the same
+    permutation-invariant oracle: by the triangle inequality they differ by at most ``2 tol`` (taken in
+    the permuted order ``perm`` for per-sample values)."""
+    bound = tol.bound if perm is None else tol.bound[perm]
+    return Tolerance(2 * bound, "two evaluations, each within its own bound of the permutation-invariant "
+                                "oracle: " + tol.explanation)
+
+
+def bias_gradient(dx_tol: Tolerance, dx: np.ndarray, axes: tuple[int, ...]) -> Tolerance:
+    """Bound on ``sum_n dL/dz`` (the gradient reaching a bias before batch norm), exactly 0 for a correct
+    backward: the sum over the batch of the backward's elementwise ``dx`` bound, plus float64 rounding."""
+    return Tolerance(sum_of_bounds(dx_tol.bound, dx, axes),
+                     "sum over the batch of the backward's elementwise dx bound, plus float64 rounding of the sum; "
+                     + dx_tol.explanation)
+
+
+def weight_gradient_inner(
+    dx_tol: Tolerance, dz: np.ndarray, z: np.ndarray, z_full: np.ndarray, zc: np.ndarray,
+    w: np.ndarray, gw: np.ndarray, axes: tuple[int, ...], n_terms: int,
+) -> Tolerance:
+    """Bound on ``<w_k, dL/dw_k> - dgamma_k eps/(var_k + eps)`` for ``z = layer(u, W)`` (seed 003).
+
+    ``<w_k, dL/dw_k> = sum_n dL/dz_k (z_k - bias_k)``: the backward's ``dx`` bound summed with weight
+    ``|z - bias|`` (``sum_of_bounds``), plus the exactly known effect of the target seeing ``z`` rounded to
+    its dtype (``|dz| |z_full - z|``), plus float64's rounding of the harness's products (``w``, ``gw`` the
+    weight rows and their gradients, flattened).
+    """
+    bound = (sum_of_bounds(dx_tol.bound, dz, axes, weight=zc)
+             + (np.abs(dz) * np.abs(z_full - z)).sum(axis=axes)
+             + layer_product_rounding(n_terms) * (np.abs(w) * np.abs(gw)).sum(axis=1))
+    return Tolerance(bound, "sum over the batch of |z| times the backward's dx bound, plus the rounding of z "
+                            "to the target dtype and float64's of the products; " + dx_tol.explanation)
+
+
+def through_layer(
+    carried: np.ndarray, products: np.ndarray, n_terms: int, exact: Tolerance,
+) -> Tolerance:
+    """An exact-scaling bound on ``dL/dz`` carried back through the preceding layer.
+
+    ``carried`` is the bound pushed through the layer's backward with absolute values (``|ddz| @ |W|`` or
+    ``|ddz|^T @ |u|``), ``products`` the same with ``|dz|`` (the size of the products float64 rounds).
+    """
+    return Tolerance(carried + layer_product_rounding(n_terms) * products,
+                     exact.explanation + "; carried through the layer as |ddz| @ |W| and |ddz|^T @ |u|, plus "
+                     "float64 rounding of the products")
+
+
+SGD_NORM_ULPS = 4.0
+"""Ulps of float64 (of ``||w_k||^2``) allowed for forming the two squared norms and their difference in
+``sgd_norm_change_floor``.  The check's learning rate moves each row by about a tenth of its norm, so the
+step's own ``lr^2 ||g||^2 ~ 1e-2 ||w||^2`` dwarfs this term: it only keeps exact ties from failing."""
+
+
+def sgd_norm_change_floor(lr: float, inner: np.ndarray, inner_bound: np.ndarray, wnorm: np.ndarray) -> np.ndarray:
+    """Least ``||w - lr g||^2 - ||w||^2`` may be after one plain SGD step on weight rows ``w`` (seed 003).
+
+    ``||w - lr g||^2 - ||w||^2 = -2 lr <w, g> + lr^2 ||g||^2 >= -2 lr <w, g>``, and ``<w, g>`` is at most
+    its exact value ``inner`` (the eps term; only a positive one can shrink the norm) plus its bound, and
+    ``SGD_NORM_ULPS`` of rounding come on top.
+    """
+    return -2 * lr * (np.maximum(inner, 0) + inner_bound) - SGD_NORM_ULPS * ORACLE_U * wnorm**2
+
+
+def running_permutation_tolerances(x: np.ndarray, dtype: torch.dtype) -> tuple[Tolerance, Tolerance]:
+    """``running_permutation``'s bounds on the running mean and variance, with their explanation."""
+    tm, tv = running_permutation(x, dtype)
+    text = "twice the error of the batch mean / two-pass variance (bnverify.tolerances.running_permutation)"
+    return Tolerance(tm, text), Tolerance(tv, text)
+
+
+# --------------------------------------------------------------------------- diagnosis (likely causes, never verdicts)
+# These decide which likely cause a failure report names, never whether a check passes.
+
+MATCH_SLACK = 1.0001
+"""A bug hypothesis *matches* the target's numbers when they lie within the check's own tolerance of it,
+times this: 0.01% of headroom, so that a result right at the bound is not lost to the rounding of the
+comparison itself (``compare.matches``, the running-statistics hypotheses of ``diagnose.modes``)."""
+
+CANCELLATION_KAPPA = 30.0
+"""``kappa = rms(x)/sqrt(var+eps)`` above which a forward failure that no bug hypothesis matches is
+attributed to the variance computed as ``E[x^2] - E[x]^2``: its error grows as ``kappa^2`` where the
+bound grows as ``kappa``, so only inputs this far from zero-mean make it the plausible cause."""
+
+BIAS_GRAD_MATCH_RTOL = 0.01
+"""Relative slack when testing whether the gradient reaching a bias before batch norm is
+``gamma/sigma sum(dy)`` (a backward without the ``-mean(dy)`` term): 1% covers the target's own rounding
+of ``gamma/sigma`` in any dtype down to bfloat16 (u = 0.4%)."""
+
+
 # --------------------------------------------------------------------------- dropout suite
 DROPOUT_N = 100_000
 """Elements per statistical dropout test: the drop count is Binomial(n, p), sd <= 158 at p = 0.5."""
@@ -549,6 +729,7 @@ DROPOUT_SCALE_MATCH = 1e-4
 """Relative distance at which the median scale of kept elements is said to *be* 1, 1/(1-p) or 1/p in a
 likely cause: the three differ by at least 11% for the p the suite uses, and the median of 20,000
 ratios of one rounding each is exact to far better than 1e-4."""
+
 
 
 
