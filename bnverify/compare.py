@@ -1,15 +1,21 @@
-"""Compare a target's tensor with the float64 oracle and explain the difference in the user's terms."""
+"""Compare a target's tensor with the float64 oracle and explain the difference in the user's terms.
+
+``compare`` gives a ``Comparison`` (worst index, expected and got, the tolerance and its explanation,
+likely causes); ``matches`` tests a bug hypothesis against the same tolerance; ``sweep_verdict``
+reports a sweep over scales or shifts by the point nearest 1 where it breaks.  A wrong target raises
+``CheckFailure``, whose message is the report.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from bnverify.adapter import TargetError
-from bnverify.tolerances import Tolerance
+from bnverify.tolerances import MATCH_SLACK, Tolerance
 
 
 class CheckFailure(AssertionError):
@@ -117,7 +123,7 @@ def matches(actual: Any, expected: np.ndarray, tol: Tolerance) -> bool:
         return False
     with np.errstate(invalid="ignore", over="ignore"):
         fin = np.isfinite(exp)
-        return bool(np.all(np.abs(got[fin] - exp[fin]) <= np.broadcast_to(tol.bound, exp.shape)[fin] * 1.0001))
+        return bool(np.all(np.abs(got[fin] - exp[fin]) <= np.broadcast_to(tol.bound, exp.shape)[fin] * MATCH_SLACK))
 
 
 def describe_case(**kw: Any) -> str:
@@ -136,3 +142,53 @@ def describe_case(**kw: Any) -> str:
 
 def worst(comparisons: Sequence[Comparison]) -> Comparison:
     return max(comparisons, key=lambda c: c.ratio)
+
+
+# --------------------------------------------------------------------------- sweeps (suite `invariance`)
+
+@dataclass
+class Swept:
+    """One point of a sweep (a scale or a shift) and the comparison made there."""
+
+    scale: float
+    cmp: Comparison
+
+
+def _observe_sweep(check: Any, rows: list[Swept], label: str) -> None:
+    """Record every ratio, and the scale of the worst one seen by this check so far."""
+    data = getattr(check, "data", None)
+    for r in rows:
+        prev = data.get("worst_ratio") if isinstance(data, dict) else None
+        check.observe(r.cmp.ratio, r.cmp.max_abs_err)
+        if prev is None or r.cmp.ratio > prev:
+            check.metric(f"worst_{label}", r.scale)
+
+
+def sweep_verdict(check: Any, rows: list[Swept], *, title: str, label: str, case: str,
+                  causes: Callable[[Swept], list[str]] | None = None) -> None:
+    """Record a sweep on the check; if any point failed, raise ``CheckFailure`` naming the failing point
+    nearest 1 (``breaking_<label>``), the range that held, and the worst comparison with its likely causes.
+
+    ``rows`` are ordered by distance from 1, so the first failure is the nearest one.
+    """
+    _observe_sweep(check, rows, label)
+    bad = [r for r in rows if not r.cmp.ok]
+    if not bad:
+        return
+    first = bad[0]
+    worst = max(bad, key=lambda r: r.cmp.ratio)
+    check.metric(f"breaking_{label}", first.scale)
+    if causes is not None and not worst.cmp.causes:
+        worst.cmp.causes = causes(worst)
+    swept = ", ".join(f"{r.scale:.3g}{'' if r.cmp.ok else '!'}" for r in rows)
+    held = [r.scale for r in rows if r.cmp.ok]
+    lines = [
+        f"{title} breaks at {label} {first.scale:.6g} (the failing {label} nearest 1; "
+        f"{len(bad)} of {len(rows)} failed, worst {worst.cmp.ratio:.3g} x tolerance at {label} {worst.scale:.6g})",
+        f"  {label}s checked (! = broken): {swept}",
+    ]
+    if held:
+        lines.append(f"  holds for {label}s in [{min(held):.3g}, {max(held):.3g}] among those checked")
+    lines.append(worst.cmp.report())
+    lines.append(f"  case: {case}")
+    raise CheckFailure("\n".join(lines))

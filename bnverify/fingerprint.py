@@ -31,21 +31,11 @@ import numpy as np
 import torch
 
 from bnverify import tolerances as tols
-from bnverify.adapter import BNConfig, BNInstance, BNTarget, Cs231nInstance, NotSupported, TargetError, TorchModuleInstance
+from bnverify.adapter import BNConfig, BNInstance, BNTarget, NotSupported, TargetError
 from bnverify.compare import to_f64
 from bnverify.conventions import CONVENTIONS
+from bnverify.instances import default_instance, instance
 from bnverify.reference import batchnorm as oracle
-
-
-class _DefaultCtorInstance(TorchModuleInstance):
-    """A torch-module instance built as ``cls(num_features)``: every other argument at its default."""
-
-    def __init__(self, target: BNTarget, cfg: BNConfig, cls: type) -> None:
-        BNInstance.__init__(self, target, cfg)
-        self.module = self.call("constructor", lambda: cls(cfg.num_features))
-        if not isinstance(self.module, torch.nn.Module):
-            raise TargetError(f"{target.name}(...) returned {type(self.module).__name__}, not an nn.Module")
-        self._last = None
 
 
 def _probe_rank(target: BNTarget, device: str) -> int:
@@ -58,23 +48,6 @@ def _x(rank: int, c: int, means: np.ndarray, n: int = 4) -> np.ndarray:
     base = np.array([-2.0, -1.0, 1.0, 2.0])[:n] if n <= 4 else np.linspace(-2, 2, n)
     x = base[:, None] + means[None, :]
     return x.reshape((n, c) + (1,) * (rank - 2))
-
-
-def default_instance(target: BNTarget, device: str, rank: int, c: int = 3) -> BNInstance:
-    """An instance with the target's own defaults: ``cls(C)``, or a ``bn_param`` without eps/momentum."""
-    cfg = BNConfig(num_features=c, rank=rank, device=device)
-    if target.kind == "torch-module":
-        cls = target.obj
-        if target.by_rank is not None:
-            cls = target.by_rank[rank]
-        return _DefaultCtorInstance(target, cfg, cls)
-    if target.kind == "numpy-cs231n":
-        inst = target.instance(cfg)
-        assert isinstance(inst, Cs231nInstance)
-        inst.bn_param.pop("momentum", None)
-        inst.bn_param.pop("eps", None)
-        return inst
-    raise NotSupported(f"kind {target.kind}: eps and momentum are passed on every call; no default to measure")
 
 
 @dataclass
@@ -150,7 +123,8 @@ def _fmt(v: Any) -> str:
 
 
 def _new(target: BNTarget, device: str, rank: int, c: int = 3, **kw: Any) -> BNInstance:
-    return target.instance(BNConfig(num_features=c, rank=rank, device=device, **kw))
+    """An instance for one probe; ``NotSupported`` is passed on, and ``_safe`` records it."""
+    return instance(target, BNConfig(num_features=c, rank=rank, device=device, **kw), skip_unsupported=False)
 
 
 def _safe(fp: Fingerprint, key: str, fn: Any) -> None:
@@ -174,15 +148,15 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
         inst = _new(target, device, rank, c, momentum=0.2)
         w = _first_weight(inst, rank, c)
         state["w02"] = w
-        if abs(w - 0.2) <= 1e-3:
+        if abs(w - 0.2) <= tols.MOMENTUM_WEIGHT_ATOL:
             state["kind"] = "update_fraction"
             fp.set("momentum_meaning", "weight of the new batch: r = (1-m) r + m b (torch)",
                    "momentum=0.2 gave the new batch weight 0.2")
-        elif abs(w - 0.8) <= 1e-3:
+        elif abs(w - 0.8) <= tols.MOMENTUM_WEIGHT_ATOL:
             state["kind"] = "keep_fraction"
             fp.set("momentum_meaning", "decay of the old value: r = m r + (1-m) b (Keras, Flax, cs231n, ONNX)",
                    "momentum=0.2 gave the new batch weight 0.8")
-        elif abs(w - 1.0) <= 1e-3:
+        elif abs(w - 1.0) <= tols.MOMENTUM_WEIGHT_ATOL:
             fp.set("momentum_meaning", "first update equals the batch statistic (zero-debiased EMA?)",
                    "momentum=0.2 gave the new batch weight 1 on the first step")
         else:
@@ -212,7 +186,7 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
             run = inst.get_running()
             assert run is not None
             got.append(float(to_f64(run[0])[0]))
-        if np.allclose(got, [1.0, 2.0, 4.0], rtol=1e-5):
+        if np.allclose(got, [1.0, 2.0, 4.0], rtol=tols.PROBE_MOMENTUM_NONE_RTOL, atol=tols.PROBE_ALLCLOSE_ATOL):
             fp.set("momentum_none", "cumulative average (population statistics)", "means 1, 3, 8 gave 1, 2, 4")
         else:
             fp.set("momentum_none", f"not a cumulative average: means 1, 3, 8 gave {[round(g, 4) for g in got]}")
@@ -228,11 +202,11 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
         assert run is not None
         _, var, m = oracle.batch_stats(x)
         ratio = float(np.median(to_f64(run[1]) / var))
-        if abs(ratio - m / (m - 1)) <= 1e-4:
+        if abs(ratio - m / (m - 1)) <= tols.PROBE_ESTIMATOR_ATOL:
             state["unbiased"] = True
             fp.set("running_var_estimator", "unbiased: m/(m-1) sigma_B^2 (torch, seed 000)",
                    f"m={m}: stored {ratio:.5g} x the batch variance")
-        elif abs(ratio - 1) <= 1e-4:
+        elif abs(ratio - 1) <= tols.PROBE_ESTIMATOR_ATOL:
             state["unbiased"] = False
             fp.set("running_var_estimator", "biased: sigma_B^2 (Keras, Flax, cs231n, ONNX)",
                    f"m={m}: stored {ratio:.5g} x the batch variance")
@@ -260,7 +234,7 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
                 "outside the square root: sqrt(var) + eps": 1 / (np.sqrt(v) + eps),
                 "not used: sqrt(var)": 1 / np.sqrt(np.maximum(v, 1e-300))}
         for name, h in hyps.items():
-            if np.allclose(y, h, rtol=1e-4):
+            if np.allclose(y, h, rtol=tols.PROBE_EPS_PLACEMENT_RTOL, atol=tols.PROBE_ALLCLOSE_ATOL):
                 fp.set("eps_placement", name, f"eps=0.01, running_var 0, 0.01, 1 gave {np.round(y, 4).tolist()}")
                 return
         fp.set("eps_placement", f"other: running_var 0, 0.01, 1 with eps=0.01 gave {np.round(y, 4).tolist()}")
@@ -305,9 +279,10 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
         fp.set("eval_updates_statistics", "yes" if updates else "no")
         uses = oracle.forward_eval(x, None, None, rm.double().numpy(), rv.double().numpy(), 1e-5)
         batch, _ = oracle.forward_train(x, None, None, 1e-5)
+        rtol, atol = tols.PROBE_EVAL_RTOL, tols.PROBE_EVAL_ATOL
         fp.set("eval_uses_running_statistics",
-               "yes" if np.allclose(y, uses, rtol=1e-4, atol=1e-5) else
-               "no: eval normalises with the batch's statistics" if np.allclose(y, batch, rtol=1e-4, atol=1e-5)
+               "yes" if np.allclose(y, uses, rtol=rtol, atol=atol) else
+               "no: eval normalises with the batch's statistics" if np.allclose(y, batch, rtol=rtol, atol=atol)
                else "no: eval output matches neither running nor batch statistics")
 
     _safe(fp, "eval_updates_statistics", eval_behaviour)
@@ -322,7 +297,7 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
         assert run is not None
         first = float(to_f64(run[0])[0])
         fp.set("ema_zero_debiasing", "yes: the first average equals the batch statistic (Haiku)"
-               if abs(first - 2.0) <= 1e-4 else "no: r = (1-w) r0 + w b from the initial 0/1",
+               if abs(first - 2.0) <= tols.PROBE_DEBIAS_ATOL else "no: r = (1-w) r0 + w b from the initial 0/1",
                f"new batch weight 0.1, batch mean 2 gave running mean {first:.4g}")
 
     _safe(fp, "ema_zero_debiasing", debias)

@@ -1,5 +1,8 @@
 """Hypothesis strategies for batch-norm cases: shapes, hyper-parameters and conditioned inputs.
 
+Also what checks derive from a drawn case's seed (further batches, running statistics, upstream
+gradients), and the larger cases of the invariance suite (permuted batches, a preceding layer).
+
 Input values come from a numpy generator seeded by a drawn integer: far
 faster than drawing every element through hypothesis, still fully
 determined by the hypothesis seed, and hypothesis still shrinks the shape,
@@ -15,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from hypothesis import strategies as st
+
+from bnverify.reference import batchnorm as oracle
 
 RANKS = (2, 3, 4, 5)
 """Input ranks the suites try: (N, C), (N, C, L), (N, C, H, W), (N, C, D, H, W)."""
@@ -140,6 +145,83 @@ def cases(
         gamma = to_dtype_values(rng.uniform(0.2, 3.0, c) * rng.choice([-1.0, 1.0], c), dtype)
         beta = to_dtype_values(rng.uniform(-3.0, 3.0, c), dtype)
     return Case(x, dtype, eps, aff, gamma, beta, momentum, cond, seed)
+
+
+def running_stats_for(case: Case, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Plausible running statistics near (not at) the batch's own, in the case's dtype (eval checks)."""
+    mean, var, _ = oracle.batch_stats(case.x)
+    c = case.shape[1]
+    rm = mean + rng.normal(0, 1, c) * np.sqrt(var + case.eps) + rng.uniform(-1, 1, c)
+    rv = (var + case.eps) * np.exp(rng.uniform(np.log(0.25), np.log(4.0), c)) + rng.uniform(0, 1, c)
+    return to_dtype_values(rm, case.dtype), to_dtype_values(rv, case.dtype)
+
+
+def batches(case: Case, n: int) -> list[np.ndarray]:
+    """``n`` batches of the case's shape with different per-channel statistics, in the case's dtype; the
+    first is the case's own (the training steps of the modes checks)."""
+    rng = np.random.default_rng(case.seed + 17)
+    out = [case.x]
+    while len(out) < n:
+        out.append(to_dtype_values(make_input(rng, case.shape, "normal", case.eps), case.dtype))
+    return out
+
+
+@st.composite
+def permutation_cases(draw: Any, rank: int, dtype: torch.dtype) -> Case:
+    """Batches larger than the other suites draw (up to 96 samples), so a statistic of part of the batch shows."""
+    n = draw(st.integers(33, 96) if rank == 2 else st.integers(9, 40), label="N")
+    c = draw(st.integers(1, 4), label="C")
+    shape = (n, c) + tuple(draw(st.integers(1, 3), label=f"S{i}") for i in range(rank - 2))
+    base = draw(cases(rank, dtype, max_numel=2), label="hyper")
+    rng = np.random.default_rng(base.seed)
+    x = to_dtype_values(make_input(rng, shape, "normal", base.eps), dtype)
+    gamma = beta = None
+    if base.affine:
+        gamma = to_dtype_values(rng.uniform(0.2, 3.0, c) * rng.choice([-1.0, 1.0], c), dtype)
+        beta = to_dtype_values(rng.uniform(-3.0, 3.0, c), dtype)
+    return Case(x, dtype, base.eps, base.affine, gamma, beta, base.momentum, "normal", base.seed)
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    """``u -> z = layer(u, W) (+ bias) -> target``; all values float64, cast to ``dtype`` for the target."""
+
+    layer: str  # "linear" or "conv"
+    u: np.ndarray
+    W: np.ndarray
+    bias: np.ndarray | None
+    dtype: torch.dtype
+    eps: float
+    gamma: np.ndarray
+    beta: np.ndarray
+    seed: int
+
+    def describe(self) -> str:
+        shape = "Linear" if self.layer == "linear" else "Conv2d(3x3, padding=1)"
+        return (f"{shape} u {self.u.shape} -> W {self.W.shape}{' + bias' if self.bias is not None else ''} -> target, "
+                f"{dtype_id(self.dtype)}, eps={self.eps:.3g}, data seed {self.seed}")
+
+
+@st.composite
+def layer_cases(draw: Any, layer: str, dtype: torch.dtype, *, bias: bool = False) -> LayerCase:
+    """``u``, ``W`` (and a bias) of a Linear or 3x3 Conv, and the target's eps, gamma, beta."""
+    seed = draw(st.integers(0, 2**32 - 1), label="data_seed")
+    eps = draw(st.sampled_from([1e-5, 1e-3, 1e-1]) | st.floats(1e-6, 0.5), label="eps")
+    rng = np.random.default_rng(seed)
+    c = draw(st.integers(1, 5), label="C")
+    if layer == "linear":
+        n, d = draw(st.integers(4, 24), label="N"), draw(st.integers(2, 8), label="d_in")
+        u = rng.standard_normal((n, d)) + rng.uniform(-2, 2, d)
+        W = rng.standard_normal((c, d)) / np.sqrt(d)
+    else:
+        n, cin = draw(st.integers(2, 4), label="N"), draw(st.integers(1, 3), label="C_in")
+        h, w = draw(st.integers(3, 5), label="H"), draw(st.integers(3, 5), label="W")
+        u = rng.standard_normal((n, cin, h, w)) + rng.uniform(-2, 2, (1, cin, 1, 1))
+        W = rng.standard_normal((c, cin, 3, 3)) / np.sqrt(9 * cin)
+    b = rng.uniform(-3, 3, c) if bias else None
+    gamma = to_dtype_values(rng.uniform(0.2, 3.0, c) * rng.choice([-1.0, 1.0], c), dtype)
+    beta = to_dtype_values(rng.uniform(-3.0, 3.0, c), dtype)
+    return LayerCase(layer, u, W, b, dtype, eps, gamma, beta, seed)
 
 
 def to_dtype_values(a: np.ndarray, dtype: torch.dtype) -> np.ndarray:
