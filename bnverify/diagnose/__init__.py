@@ -1,0 +1,34 @@
+"""Likely causes: when a target is wrong, find which well-known mistake its numbers match.
+
+Each hypothesis recomputes the result in float64 the way a known bug would
+(the classes of ANCHORS part A section 6) and tests the target's numbers
+against it with the check's own tolerance.  A match is reported as "likely
+cause"; nothing is guessed from names.  Where a failure has one known cause,
+its sentence lives here too, so that every likely cause a report can name is
+in this package:
+
+* ``forward``: training and eval outputs, layouts (suite ``forward``, and the modes checks that
+  compare outputs);
+* ``backward``: dx, dgamma, dbeta in training and eval (suite ``backward``);
+* ``modes``: running statistics, counters, defaults, state_dict, mode switches (suite ``modes``);
+* ``invariance``: where a scale invariance breaks, order dependence, shifts, the bias gradient
+  (suite ``invariance``);
+* ``conventions``: the "... convention? pass --convention X" hints for a failure another
+  convention explains.
+
+The thresholds that decide a match are in ``bnverify.tolerances`` (diagnosis section).
+"""
+
+from __future__ import annotations
+
+from bnverify.diagnose import backward, conventions, forward, invariance, modes
+
+__all__ = ["backward", "conventions", "forward", "invariance", "modes"]
+
+# The old flat names, until every check calls the submodules.
+forward_train = forward.train_output
+forward_eval = forward.eval_output
+backward_train = backward.train_grads
+backward_eval = backward.eval_dx
+scale_break = invariance.scale_break
+order_dependence = invariance.order_dependence

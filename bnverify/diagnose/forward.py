@@ -1,0 +1,97 @@
+"""Likely causes of a wrong forward output: training mode, eval mode, non-contiguous input."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bnverify import tolerances as tols
+from bnverify.diagnose.common import Hypothesis, batch, matching
+from bnverify.reference.batchnorm import affine, per_channel, reduction_axes
+from bnverify.tolerances import Tolerance
+
+
+def train_output(
+    actual: np.ndarray, x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
+    tol: Tolerance, dtype: torch.dtype, running: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[str]:
+    """A training-mode output: the known mistakes of normalisation, affine step and reduction axes."""
+    _axes, m, mu, var = batch(x)
+    g, b = affine(x, gamma, beta)
+    hyps: list[Hypothesis] = [
+        ("the output matches normalisation by the unbiased (m-1) variance; batch norm normalises with the "
+         "biased variance (divide by m) and uses m/(m-1) only for the running estimate",
+         lambda: g * (x - mu) / np.sqrt(var * m / (m - 1) + eps) + b),
+        ("the output matches (x - mean) / (sqrt(var) + eps): eps belongs inside the square root, sqrt(var + eps)",
+         lambda: g * (x - mu) / (np.sqrt(var) + eps) + b),
+        ("the output matches normalisation without eps: sqrt(var + eps) is needed for near-constant channels",
+         lambda: g * (x - mu) / np.sqrt(var) + b),
+        ("the output matches gamma and beta swapped (beta * xhat + gamma)",
+         lambda: b * (x - mu) / np.sqrt(var + eps) + g),
+        ("the output matches the normalised input without the affine transform: gamma and beta were not applied",
+         lambda: (x - mu) / np.sqrt(var + eps)),
+    ]
+    if x.ndim > 2:
+        def per_position() -> np.ndarray:
+            mu0 = x.mean(axis=0, keepdims=True)
+            v0 = ((x - mu0) ** 2).mean(axis=0, keepdims=True)
+            return g * (x - mu0) / np.sqrt(v0 + eps) + b
+        hyps.append(("the output matches statistics taken over the batch axis only (one mean per channel AND "
+                     "position); batch norm reduces over N and every spatial axis", per_position))
+    def layer_norm() -> np.ndarray:
+        ax = tuple(range(1, x.ndim))
+        mu1 = x.mean(axis=ax, keepdims=True)
+        v1 = ((x - mu1) ** 2).mean(axis=ax, keepdims=True)
+        return g * (x - mu1) / np.sqrt(v1 + eps) + b
+    hyps.append(("the output matches statistics per sample (layer norm); batch norm reduces over the batch", layer_norm))
+    if running is not None:
+        rm, rv = running
+        hyps.append(("the output matches the running statistics: training mode must normalise with the batch's own statistics",
+                     lambda: g * (x - per_channel(rm, x.ndim)) / np.sqrt(per_channel(rv, x.ndim) + eps) + b))
+    causes = matching(actual, tol, hyps)
+    if not causes:
+        causes += _precision(actual, x, eps, dtype)
+    return causes
+
+
+def _precision(actual: np.ndarray, x: np.ndarray, eps: float, dtype: torch.dtype) -> list[str]:
+    """No bug matched: NaN/inf from 16-bit sums, or cancellation when |mean|/std is large."""
+    out = []
+    axes = reduction_axes(x.ndim)
+    mu = x.mean(axis=axes)
+    var = ((x - per_channel(mu, x.ndim)) ** 2).mean(axis=axes)
+    kappa = float(np.max(np.sqrt(mu**2 + var) / np.sqrt(var + eps)))
+    if not np.all(np.isfinite(actual)) and dtype in (torch.float16, torch.bfloat16):
+        out.append("NaN/inf with 16-bit input: sums or sums of squares kept in 16 bits overflow (float16 max 65504); "
+                   "accumulate statistics in float32")
+    elif kappa > tols.CANCELLATION_KAPPA:
+        out.append(f"the error grows with |mean|/std (here up to {kappa:.3g}): the variance is probably computed as "
+                   "E[x^2] - E[x]^2 (catastrophic cancellation); compute it in two passes or with Welford's update")
+    return out
+
+
+def eval_output(
+    actual: np.ndarray, x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None,
+    rm: np.ndarray, rv: np.ndarray, eps: float, tol: Tolerance,
+) -> list[str]:
+    """An eval-mode output: batch statistics used, eps outside the square root, no square root, swapped affine."""
+    g, b = affine(x, gamma, beta)
+    mean = per_channel(rm, x.ndim)
+    var = per_channel(rv, x.ndim)
+    _axes, _m, mu, bvar = batch(x)
+    hyps: list[Hypothesis] = [
+        ("eval output matches the batch's own statistics: eval mode must use running_mean/running_var "
+         "(is the module's training flag read?)", lambda: g * (x - mu) / np.sqrt(bvar + eps) + b),
+        ("eval output matches (x - running_mean) / (sqrt(running_var) + eps): eps belongs inside the square root",
+         lambda: g * (x - mean) / (np.sqrt(var) + eps) + b),
+        ("eval output matches division by running_var + eps without the square root (running_var treated as a std)",
+         lambda: g * (x - mean) / (var + eps) + b),
+        ("eval output matches gamma and beta swapped", lambda: b * (x - mean) / np.sqrt(var + eps) + g),
+    ]
+    return matching(actual, tol, hyps)
+
+
+def layout(layout: str) -> str:
+    """A layout failure whose contiguous twin passes."""
+    return ("the same values in a contiguous tensor pass, so the implementation ignores strides (reads storage as "
+            f"if contiguous) for {layout} input")
