@@ -1,18 +1,55 @@
-"""Forward pass: training and eval outputs against the float64 oracle, precision, layouts, contract."""
+"""Forward pass: training and eval outputs against the float64 oracle, precision, layouts, contract.
+
+Each check draws a case, runs it through the target (``bnverify.instances``), evaluates the float64
+oracle (``bnverify.reference.batchnorm``) on exactly the values the target received, and compares
+them with the tolerance ``bnverify.tolerances`` derives for that computation; a failure names its
+likely cause (``bnverify.diagnose``).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bnverify import bncheck
-from bnverify.strategies import DTYPES, HALF, RANKS, cases
+from bnverify import diagnose
+from bnverify import tolerances as tols
+from bnverify.adapter import TargetError
+from bnverify.compare import CheckFailure, compare, to_f64
+from bnverify.instances import build, require_dtype, require_rank
+from bnverify.reference import batchnorm as oracle
+from bnverify.strategies import DTYPES, HALF, RANKS, Case, cases, running_stats_for, tensor, upstream_grad
 from bnverify.strategies import dtype_id as _id
 
 pytestmark = [pytest.mark.bnverify_suite("forward"), pytest.mark.bnverify_tier("quick")]
 
+
+def _check_train_output(target: Any, case: Case, device: str, check: Any, *, x: torch.Tensor | None = None,
+                        what: str = "training-mode output") -> None:
+    """Training-mode output of ``case`` (or of the tensor ``x`` holding its values) equals the oracle's."""
+    inst, gamma, beta = build(target, case, device, momentum=case.momentum)
+    running = inst.get_running()
+    running64 = None if running is None else (to_f64(running[0]), to_f64(running[1]))
+    out = inst.forward(tensor(case.x, case.dtype, device) if x is None else x, training=True)
+    ref, _ = oracle.forward_train(case.x, gamma, beta, case.eps)
+    tol = tols.forward_train(case.x, gamma, beta, case.eps, case.dtype)
+    cmp = compare(out, ref, tol, what)
+    check.observe(cmp.ratio, cmp.max_abs_err)
+    if not cmp.ok:
+        cmp.causes = diagnose.forward.train_output(to_f64(out), case.x, gamma, beta, case.eps, tol, case.dtype,
+                                                   running64)
+        raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
+
+
+class _Unrecorded:
+    """A check recorder that records nothing: for the contiguous re-run that diagnoses a layout failure."""
+
+    def observe(self, *a: Any, **k: Any) -> None:
+        pass
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -20,9 +57,9 @@ pytestmark = [pytest.mark.bnverify_suite("forward"), pytest.mark.bnverify_tier("
 @given(data=st.data())
 def test_forward_train(bn_target, bn_device, bn_check, rank, dtype, data):
     """Training-mode output equals the oracle: drawn shapes, eps, affine gamma/beta, well-conditioned input."""
-    bncheck.require_rank(bn_target, rank, bn_device)
+    require_rank(bn_target, rank, bn_device)
     case = data.draw(cases(rank, dtype), label="case")
-    bncheck.forward_train(bn_target, case, bn_device, bn_check)
+    _check_train_output(bn_target, case, bn_device, bn_check)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -32,7 +69,7 @@ def test_forward_ill_conditioned(bn_target, bn_device, bn_check, dtype, data):
     ranks = bn_target.supported_ranks(bn_device) or [2]
     rank = data.draw(st.sampled_from(ranks), label="rank")
     case = data.draw(cases(rank, dtype, conditionings=("large_mean", "tiny_var", "constant_channel")), label="case")
-    bncheck.forward_train(bn_target, case, bn_device, bn_check)
+    _check_train_output(bn_target, case, bn_device, bn_check)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_id)
@@ -40,10 +77,10 @@ def test_forward_ill_conditioned(bn_target, bn_device, bn_check, dtype, data):
 @given(data=st.data())
 def test_forward_half(bn_target, bn_device, bn_check, dtype, data):
     """16-bit input with >= 4096 values per channel of magnitude ~30: sums kept in 16 bits overflow."""
-    rank = bncheck.require_dtype(bn_target, dtype, bn_device)
+    rank = require_dtype(bn_target, dtype, bn_device)
     case = data.draw(cases(rank, dtype, conditionings=("half_overflow", "normal"), min_m=4096, max_numel=20000),
                      label="case")
-    bncheck.forward_train(bn_target, case, bn_device, bn_check)
+    _check_train_output(bn_target, case, bn_device, bn_check)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "strided"])
@@ -59,7 +96,29 @@ def test_forward_layouts(bn_target, bn_device, bn_check, layout, data):
     case = data.draw(cases(rank, torch.float32), label="case")
     if layout == "transposed" and case.shape[0] == 1:
         return
-    bncheck.layouts(bn_target, case, bn_device, bn_check, layout)
+    base = tensor(case.x, case.dtype, bn_device)
+    if layout == "channels_last":
+        fmt = torch.channels_last if base.dim() == 4 else torch.channels_last_3d
+        x = base.contiguous(memory_format=fmt)
+    elif layout == "transposed":
+        x = base.transpose(0, -1).contiguous().transpose(0, -1)
+    elif layout == "strided":
+        big = torch.zeros((case.shape[0] * 2,) + case.shape[1:], dtype=case.dtype, device=bn_device)
+        big[::2] = base
+        x = big[::2]
+    else:
+        raise ValueError(layout)
+    if x.is_contiguous():  # size-1 dimensions can make the view contiguous after all
+        x = base.as_strided(base.shape, base.stride()).clone(memory_format=torch.preserve_format)
+    try:
+        _check_train_output(bn_target, case, bn_device, bn_check, x=x,
+                            what=f"training-mode output for {layout} input")
+    except CheckFailure as exc:
+        try:
+            _check_train_output(bn_target, case, bn_device, _Unrecorded(), x=base)
+        except CheckFailure:
+            raise exc from None
+        raise CheckFailure(f"{exc}\n  likely cause: {diagnose.forward.layout(layout)}") from None
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -69,7 +128,20 @@ def test_forward_eval(bn_target, bn_device, bn_check, dtype, data):
     ranks = bn_target.supported_ranks(bn_device) or [2]
     rank = data.draw(st.sampled_from(ranks), label="rank")
     case = data.draw(cases(rank, dtype, conditionings=("normal", "large_mean", "tiny_var")), label="case")
-    bncheck.forward_eval(bn_target, case, bn_device, bn_check)
+    inst, gamma, beta = build(bn_target, case, bn_device, momentum=case.momentum)
+    rm, rv = running_stats_for(case, np.random.default_rng(case.seed + 1))
+    inst.set_running(tensor(rm, case.dtype, bn_device), tensor(rv, case.dtype, bn_device))
+    run = inst.get_running()
+    assert run is not None
+    rm64, rv64 = to_f64(run[0]), to_f64(run[1])
+    out = inst.forward(tensor(case.x, case.dtype, bn_device), training=False)
+    ref = oracle.forward_eval(case.x, gamma, beta, rm64, rv64, case.eps)
+    tol = tols.forward_eval(case.x, gamma, beta, rm64, rv64, case.eps, case.dtype)
+    cmp = compare(out, ref, tol, "eval-mode output")
+    bn_check.observe(cmp.ratio, cmp.max_abs_err)
+    if not cmp.ok:
+        cmp.causes = diagnose.forward.eval_output(to_f64(out), case.x, gamma, beta, rm64, rv64, case.eps, tol)
+        raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -80,4 +152,36 @@ def test_forward_contract(bn_target, bn_device, bn_check, dtype, data):
     ranks = bn_target.supported_ranks(bn_device) or [2]
     rank = data.draw(st.sampled_from(ranks), label="rank")
     case = data.draw(cases(rank, dtype), label="case")
-    bncheck.contract(bn_target, case, bn_device, bn_check)
+    inst, _, _ = build(bn_target, case, bn_device, momentum=case.momentum)
+    problems = []
+    for training in (True, False):
+        x = tensor(case.x, case.dtype, bn_device)
+        before = x.clone()
+        out = inst.forward(x, training=training, grad=False)
+        mode = "training" if training else "eval"
+        if out.dtype != x.dtype:
+            problems.append(f"{mode}-mode output has dtype {out.dtype} for {x.dtype} input; batch norm keeps the input dtype")
+        if out.device != x.device:
+            problems.append(f"{mode}-mode output is on {out.device} for input on {x.device}")
+        if not torch.equal(x, before):
+            n = int((x != before).sum())
+            problems.append(f"{mode}-mode forward modified its input in place ({n} of {x.numel()} values changed): "
+                            "callers reuse their tensors; compute into a new tensor")
+    x = tensor(case.x, case.dtype, bn_device)
+    dy = tensor(upstream_grad(np.random.default_rng(case.seed), case.shape, case.dtype), case.dtype, bn_device)
+    before = dy.clone()
+    try:
+        inst.forward(x, training=True, grad=True)
+        grads = inst.backward(dy)
+    except TargetError as exc:
+        if not problems:
+            raise
+        problems.append(f"backward then failed: {exc}")
+    else:
+        if not torch.equal(dy, before):
+            problems.append("backward modified the upstream gradient in place")
+        if grads.dx.dtype != x.dtype:
+            problems.append(f"dx has dtype {grads.dx.dtype} for {x.dtype} input")
+    bn_check.observe(float(len(problems)))
+    if problems:
+        raise CheckFailure("output contract broken:\n  " + "\n  ".join(problems) + f"\n  case: {case.describe()}")
