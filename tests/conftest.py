@@ -7,7 +7,8 @@
 import numpy  # noqa: F401
 import torch  # noqa: F401
 
-import bnverify.bncheck  # noqa: F401
+import bnverify.diagnose  # noqa: F401
+import bnverify.instances  # noqa: F401
 import bnverify.runner  # noqa: F401
 
 pytest_plugins = ["pytester"]

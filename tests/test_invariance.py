@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from bnverify import diagnose, invariance
+from bnverify import diagnose
 from bnverify import tolerances as tols
 from bnverify.compare import CheckFailure
 from bnverify.loading import load_target
 from bnverify.runner import check
-from bnverify.strategies import Case, make_input, to_dtype_values, upstream_grad
+from bnverify.strategies import Case, LayerCase, make_input, to_dtype_values
+from bnverify.suites import test_bn_invariance as suite
 from tests.gallery.registry_invariance import INVARIANCE_BUGS, INVARIANCE_CHECKS, ONLY_INVARIANCE
 
 CORRECT = [
@@ -38,6 +39,21 @@ class Recorder:
 
     def metric(self, name: str, value: float) -> None:
         self.data.setdefault("metrics", {})[name] = value
+
+
+class Draws:
+    """Stands in for hypothesis' ``st.data()`` in a suite check: each draw returns the value given for its label."""
+
+    def __init__(self, **values: Any) -> None:
+        self.values = values
+
+    def draw(self, strategy: Any, label: str | None = None) -> Any:
+        return self.values[label]
+
+
+def run_check(check_fn, target, rec, **draws) -> None:
+    """Run a suite check's body (without hypothesis) on the CPU with the given draws."""
+    check_fn.hypothesis.inner_test(bn_target=target, bn_device="cpu", bn_check=rec, data=Draws(**draws))
 
 
 def _failed(summary):
@@ -127,7 +143,7 @@ def test_failure_names_breaking_scale_and_cause():
     target = load_target("tests.gallery.buggy_invariance:StdFloorBatchNorm")
     rec = Recorder()
     with pytest.raises(CheckFailure) as exc:
-        invariance.scale_exact(target, _case(), "cpu", rec)
+        suite._check_scale_exact(target, _case(), "cpu", rec)
     msg = str(exc.value)
     assert "breaks at scale" in msg and "holds for scales" in msg
     assert "floor or clamp" in msg
@@ -136,7 +152,7 @@ def test_failure_names_breaking_scale_and_cause():
 
 def test_correct_target_records_worst_scale():
     rec = Recorder()
-    invariance.scale_exact(load_target("torch"), _case(), "cpu", rec)
+    suite._check_scale_exact(load_target("torch"), _case(), "cpu", rec)
     assert rec.data["worst_ratio"] <= 1
     assert "worst_scale" in rec.data["metrics"]
 
@@ -144,30 +160,27 @@ def test_correct_target_records_worst_scale():
 def test_permutation_diagnoses_prefix_statistics():
     target = load_target("tests.gallery.buggy_invariance:batch_norm_first_samples")
     case = _case(shape=(48, 2))
-    rng = np.random.default_rng(3)
     with pytest.raises(CheckFailure) as exc:
-        invariance.permutation(target, case, "cpu", Recorder(), rng.permutation(48),
-                               upstream_grad(rng, case.shape, case.dtype))
+        run_check(suite.test_batch_permutation, target, Recorder(), dtype=case.dtype, rank=2, case=case)
     assert "first 32 of the 48 samples" in str(exc.value)
 
 
 def test_bias_grad_diagnoses_missing_mean_term():
     target = load_target("tests.gallery.buggy_invariance:Cs231nBackwardNoMeanTerm", kind="numpy-cs231n")
     rng = np.random.default_rng(0)
-    lc = invariance.LayerCase("linear", rng.standard_normal((12, 4)) + 1.0, rng.standard_normal((3, 4)) / 2,
-                              rng.uniform(-3, 3, 3), torch.float64, 1e-5, np.ones(3), np.zeros(3), 0)
-    dy = upstream_grad(rng, (12, 3), torch.float64)
+    lc = LayerCase("linear", rng.standard_normal((12, 4)) + 1.0, rng.standard_normal((3, 4)) / 2,
+                   rng.uniform(-3, 3, 3), torch.float64, 1e-5, np.ones(3), np.zeros(3), 0)
     with pytest.raises(CheckFailure) as exc:
-        invariance.linear_bias_grad(target, lc, dy, "cpu", Recorder())
+        run_check(suite.test_linear_bias_grad, target, Recorder(), dtype=lc.dtype, layer=lc)
     assert "-mean(dy) term" in str(exc.value)
 
 
 def test_sgd_metrics_show_norm_growth_and_shrinking_effective_lr():
     rng = np.random.default_rng(1)
-    lc = invariance.LayerCase("linear", rng.standard_normal((16, 5)), rng.standard_normal((3, 5)) / 2, None,
-                              torch.float64, 1e-5, np.ones(3), np.zeros(3), 1)
+    lc = LayerCase("linear", rng.standard_normal((16, 5)), rng.standard_normal((3, 5)) / 2, None,
+                   torch.float64, 1e-5, np.ones(3), np.zeros(3), 1)
     rec = Recorder()
-    invariance.weight_orthogonality(load_target("torch"), lc, upstream_grad(rng, (16, 3), torch.float64), "cpu", rec)
+    run_check(suite.test_weight_orthogonality, load_target("torch"), rec, dtype=lc.dtype, bias=False, layer=lc)
     m = rec.data["metrics"]
     assert m["norm_growth"] > 1
     assert 0 < m["effective_lr_ratio"] < 1
@@ -175,9 +188,9 @@ def test_sgd_metrics_show_norm_growth_and_shrinking_effective_lr():
 
 
 def test_scale_break_patterns():
-    small = diagnose.scale_break(1e-6, [(0.5, True), (2.0, True), (1e-6, False), (1e6, True)])
-    large = diagnose.scale_break(1e9, [(0.5, True), (2.0, True), (1e-6, True), (1e9, False)])
-    sign = diagnose.scale_break(-2.0, [(-0.5, True), (-2.0, False)])
+    small = diagnose.invariance.scale_break(1e-6, [(0.5, True), (2.0, True), (1e-6, False), (1e6, True)])
+    large = diagnose.invariance.scale_break(1e9, [(0.5, True), (2.0, True), (1e-6, True), (1e9, False)])
+    sign = diagnose.invariance.scale_break(-2.0, [(-0.5, True), (-2.0, False)])
     assert "floor or clamp" in small[0]
     assert "overflow" in large[0]
     assert "sign" in sign[0]

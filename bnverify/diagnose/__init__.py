@@ -24,11 +24,3 @@ from __future__ import annotations
 from bnverify.diagnose import backward, conventions, forward, invariance, modes
 
 __all__ = ["backward", "conventions", "forward", "invariance", "modes"]
-
-# The old flat names, until every check calls the submodules.
-forward_train = forward.train_output
-forward_eval = forward.eval_output
-backward_train = backward.train_grads
-backward_eval = backward.eval_dx
-scale_break = invariance.scale_break
-order_dependence = invariance.order_dependence
