@@ -323,9 +323,13 @@ class Lockstep:
             if self.observe:
                 self.observe(c.ratio, c.max_abs_err)
             if not c.ok:
-                raise CheckFailure(self._failure(c, i, gi, what, state_key=key))
+                alt = [h for h in self.hypotheses if all(tr.matching for tr in self.hyp[h.label])
+                       and _is_array(getattr(self.hyp[h.label][i].state, f, None))
+                       and _within(to_f64(got), getattr(self.hyp[h.label][i].state, f), tol.bound)]
+                raise CheckFailure(self._failure(c, i, gi, what, state_key=key, state_matches=alt))
 
-    def _failure(self, c: Any, i: int, gi: int, what: str, state_key: str | None = None) -> str:
+    def _failure(self, c: Any, i: int, gi: int, what: str, state_key: str | None = None,
+                 state_matches: Sequence[Hypothesis] = ()) -> str:
         hp = self.hp(gi)
         head = (f"{self.context}: step {self.t}{what}: {c.what} (param group {gi}: "
                 f"{_fmt_hp(hp)}) under the {self.convention.name} convention, reference {self.reference}")
@@ -336,6 +340,9 @@ class Lockstep:
         if matched and state_key is None:
             for h in matched[:3]:
                 lines.append(f"  likely cause: the update matches {h.label}: {h.hint}")
+        elif state_matches:
+            for h in state_matches[:3]:
+                lines.append(f"  likely cause: state['{state_key}'] matches {h.label}: {h.hint}")
         elif state_key is not None:
             lines.append(f"  likely cause: state['{state_key}'] does not follow the reference recurrence "
                          f"({self.family.state_formula(self.reference, state_key, self.convention)})")

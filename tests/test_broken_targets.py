@@ -47,6 +47,15 @@ CAUGHT_ELSEWHERE = {
     "test_independent_masks": "tests/test_dropout.py (FixedSeed, RowMask)",
     "test_convergence": "tests/test_convergence_suite.py (stats-as-constants, no-variance-term, cs231n dx bugs)",
     "test_seed_claim": "tests/test_convergence_suite.py (a bug fails a claim the reference reproduces)",
+    "test_trajectory": "tests/test_optim.py (AdamNoBiasCorrection, SGDZeroBufferDampening, SGDNesterovOldBuffer)",
+    "test_param_groups": "tests/test_optim.py (AdamGroupHyperparametersIgnored)",
+    "test_weight_decay": "tests/test_optim.py (AdamWDecayAfterUpdate, AdamDecoupledDecay, SGDWeightDecayOnlyWithMomentum)",
+    "test_large_eps": "tests/test_optim.py (RMSpropEpsInsideSqrt, AdamNoBiasCorrection)",
+    "test_lr_change": "tests/test_optim.py (SGDCachedLR)",
+    "test_missing_gradients": "tests/test_optim.py (SGDNoneGradAsZero, AdamRejectsZeroSize)",
+    "test_state_dict": "tests/test_optim.py (AdamStateOutsideStateDict)",
+    "test_float32": "tests/test_optim.py (AdamHalfSecondMoment)",
+    "test_flags": "tests/test_optim.py (SGDForeachIgnoresMomentum)",
 }
 
 

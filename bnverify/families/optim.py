@@ -363,74 +363,86 @@ def _probe(target: OptimTarget, reference: str, hp: dict[str, Any], candidates: 
     return ls.matching()
 
 
+T, S, K = frozenset({"torch"}), frozenset({"seed"}), frozenset({"keras"})
+ALL = T | S | K
+
+
 def probe_conventions(target: OptimTarget) -> dict[str, str]:
-    """Each aspect of the target's reference, measured by running it beside the candidate forms."""
+    """Each aspect of the target's reference, measured by running it beside the candidate forms.
+
+    Each candidate names the conventions it belongs to; the matching convention is the one every
+    measured aspect allows.
+    """
     ref = target.reference or "sgd"
     out: dict[str, str] = {}
+    allowed = set(ALL)
 
-    def pick(aspect: str, found: list[str]) -> None:
+    def pick(aspect: str, hp: dict[str, Any], cands: list[tuple[str, dict[str, Any], str, frozenset[str]]],
+             lr_change: bool = False) -> None:
+        found = _probe(target, ref, hp, [(c[0], c[1], c[2]) for c in cands], lr_change=lr_change)
         out[aspect] = " / ".join(found) if found else "none of the known forms"
+        tags: set[str] = set()
+        for c in cands:
+            if c[0] in found:
+                tags |= c[3]
+        allowed.intersection_update(tags)
 
     if ref == "sgd":
         hp = dict(lr=0.01, momentum=0.9)
-        pick("momentum form", _probe(target, ref, hp, [
-            ("lr after the buffer (torch)", dict(momentum_lr="after"), ""),
-            ("lr inside the velocity (seed 001, Keras)", dict(momentum_lr="inside", buffer_init="zero"), "")],
-            lr_change=True))
-        pick("momentum buffer start", _probe(target, ref, dict(hp, dampening=0.5), [
-            ("first gradient (torch)", dict(buffer_init="first_grad"), ""),
-            ("zero", dict(buffer_init="zero"), ""),
-            ("zero, lr inside", dict(buffer_init="zero", momentum_lr="inside"), "")]))
-        pick("Nesterov form", _probe(target, ref, dict(hp, nesterov=True), [
-            ("g + mu b (torch)", dict(momentum_lr="after"), ""),
+        pick("momentum form", hp, [
+            ("lr after the buffer (torch)", dict(momentum_lr="after"), "", T),
+            ("lr inside the velocity (seed 001, Keras)", dict(momentum_lr="inside", buffer_init="zero"), "", S | K)],
+            lr_change=True)
+        pick("momentum buffer start", dict(hp, dampening=0.5), [
+            ("first gradient (torch)", dict(buffer_init="first_grad"), "", T),
+            ("zero, lr after the buffer", dict(buffer_init="zero"), "", frozenset()),
+            ("zero, lr inside the velocity (seed 001, Keras)", dict(buffer_init="zero", momentum_lr="inside"), "",
+             S | K)])
+        pick("Nesterov form", dict(hp, nesterov=True), [
+            ("g + mu b (torch)", dict(momentum_lr="after"), "", T),
             ("shifted parameters p += mu v - lr g (seed 001, Keras)", dict(momentum_lr="inside", buffer_init="zero"),
-             "")], lr_change=True))
-        pick("weight decay", _probe(target, ref, dict(hp, weight_decay=0.1), [
-            ("L2 in the gradient, lambda p (torch)", dict(weight_decay_mode="l2"), ""),
-            ("L2 of lambda ||W||^2, 2 lambda p (seed 001)", dict(weight_decay_mode="l2_2lambda"), ""),
-            ("decoupled, p *= 1 - lr lambda (Keras)", dict(weight_decay_mode="decoupled"), "")]))
+             "", S | K)], lr_change=True)
+        pick("weight decay", dict(hp, weight_decay=0.1), [
+            ("L2 in the gradient, lambda p (torch)", dict(weight_decay_mode="l2"), "", T),
+            ("L2 of lambda ||W||^2, 2 lambda p (seed 001)", dict(weight_decay_mode="l2_2lambda"), "", S),
+            ("decoupled, p *= 1 - lr lambda (Keras)", dict(weight_decay_mode="decoupled"), "", K)])
     elif ref == "rmsprop":
         hp = dict(lr=0.01, alpha=0.99, eps=0.3)
-        pick("eps placement", _probe(target, ref, hp, [
-            ("outside sqrt (torch)", dict(eps_in_sqrt=False), ""),
-            ("inside sqrt (TensorFlow/Keras, optax, seed 001)", dict(eps_in_sqrt=True), "")]))
-        pick("centred", _probe(target, ref, dict(hp, centered=True), [
-            ("u - g_bar^2, eps outside", dict(eps_in_sqrt=False), ""),
-            ("u - g_bar^2, eps inside", dict(eps_in_sqrt=True), "")]))
-        pick("momentum form", _probe(target, ref, dict(hp, momentum=0.9), [
-            ("lr after the buffer (torch)", dict(momentum_lr="after"), ""),
-            ("lr inside the buffer (Keras)", dict(momentum_lr="inside"), "")], lr_change=True))
-        pick("weight decay", _probe(target, ref, dict(hp, weight_decay=0.1, momentum=0.9), [
-            ("L2 in the gradient (torch)", dict(weight_decay_mode="l2"), ""),
-            ("2 lambda p (seed 001)", dict(weight_decay_mode="l2_2lambda"), ""),
-            ("decoupled (Keras)", dict(weight_decay_mode="decoupled"), "")]))
+        pick("eps placement", hp, [
+            ("outside sqrt (torch)", dict(eps_in_sqrt=False), "", T),
+            ("inside sqrt (seed 001, TensorFlow/Keras, optax)", dict(eps_in_sqrt=True), "", S | K)])
+        pick("centred", dict(hp, centered=True), [
+            ("u - g_bar^2, eps outside (torch)", dict(eps_in_sqrt=False), "", T),
+            ("u - g_bar^2, eps inside (Keras)", dict(eps_in_sqrt=True), "", S | K)])
+        pick("momentum form", dict(hp, momentum=0.9), [
+            ("lr after the buffer (torch)", dict(momentum_lr="after"), "", T),
+            ("lr inside the buffer (Keras)", dict(momentum_lr="inside"), "", S | K)], lr_change=True)
+        pick("weight decay", dict(hp, weight_decay=0.1), [
+            ("L2 in the gradient (torch)", dict(weight_decay_mode="l2"), "", T),
+            ("2 lambda p (seed 001)", dict(weight_decay_mode="l2_2lambda"), "", S),
+            ("decoupled (Keras)", dict(weight_decay_mode="decoupled"), "", K)])
     else:
         hp = dict(lr=0.01, betas=(0.9, 0.999), eps=0.3, weight_decay=0.1 if ref == "adamw" else 0.0)
-        forms = [("bias-corrected, eps outside sqrt(v_hat) (torch, Kingma & Ba)", dict(eps_placement="outside"), ""),
-                 ("bias-corrected through the step size, eps hat (TensorFlow/Keras)", dict(eps_placement="hat"), ""),
-                 ("bias-corrected, eps inside the root", dict(eps_placement="inside"), ""),
-                 ("no bias correction, eps inside the root (seed 001)",
-                  dict(eps_placement="inside", bias_correction=False), ""),
-                 ("no bias correction, eps outside", dict(eps_placement="outside", bias_correction=False), "")]
-        pick("bias correction and eps", _probe(target, ref, hp, forms))
-        hp_wd = dict(hp, eps=1e-8, weight_decay=0.1)
-        pick("weight decay", _probe(target, ref, hp_wd, [
-            ("L2 in the gradient (torch Adam)", dict(weight_decay_mode="l2"), "adam"),
-            ("decoupled, p *= 1 - lr lambda (AdamW)", dict(weight_decay_mode="decoupled"), "adamw")]))
-        pick("amsgrad", _probe(target, ref, dict(hp, eps=1e-8, amsgrad=True), [
-            ("max of v, before bias correction (torch, Keras)", {}, "")]))
-    torch_like = [k for k, v in out.items() if "(torch" in v or "torch)" in v]
-    matches = [name for name, c in CONVENTIONS.items() if name != "tf" and _convention_agrees(c, out)]
-    out["matching convention"] = ", ".join(matches) if matches else (
-        "torch" if len(torch_like) == len(out) else "none (mixed or unknown forms)")
+        pick("bias correction and eps", hp, [
+            ("bias-corrected, eps outside sqrt(v_hat) (torch, Kingma & Ba)", dict(eps_placement="outside"), "", T),
+            ("bias-corrected through the step size, eps hat (TensorFlow/Keras)", dict(eps_placement="hat"), "", K),
+            ("bias-corrected, eps inside the root", dict(eps_placement="inside"), "", frozenset()),
+            ("no bias correction, eps inside the root (seed 001)", dict(eps_placement="inside", bias_correction=False),
+             "", S),
+            ("no bias correction, eps outside", dict(eps_placement="outside", bias_correction=False), "",
+             frozenset())])
+        adamw = ref == "adamw"
+        pick("weight decay", dict(hp, eps=1e-8, weight_decay=0.1), [
+            ("L2 in the gradient (torch Adam)", dict(weight_decay_mode="l2"), "adam", frozenset() if adamw else T),
+            ("L2 of lambda ||W||^2, 2 lambda p (seed 001)", dict(weight_decay_mode="l2_2lambda"), "adam",
+             frozenset() if adamw else S),
+            ("decoupled, p *= 1 - lr lambda (AdamW, Keras)", dict(weight_decay_mode="decoupled"), "adamw",
+             ALL if adamw else K)])
+        found = _probe(target, ref, dict(hp, eps=1e-8, amsgrad=True), [("max of v before bias correction", {}, "")])
+        out["amsgrad"] = " / ".join(found) if found else "not the running maximum of v (or rejected)"
+    names = [n for n in ("torch", "seed", "keras") if n in allowed]
+    out["matching convention"] = ", ".join(names) if names else "none (mixed or unknown forms)"
     return out
-
-
-def _convention_agrees(conv: OptimConvention, measured: dict[str, str]) -> bool:
-    keys = {"torch": "torch", "seed": "seed 001", "keras": "Keras"}
-    tag = keys.get(conv.name, conv.name)
-    vals = [v for k, v in measured.items() if k not in ("amsgrad", "centred")]
-    return bool(vals) and all(tag in v or (conv.name == "keras" and "TensorFlow" in v) for v in vals)
 
 
 def fingerprint(target: OptimTarget, device: str = "cpu", as_json: bool = False) -> str:
