@@ -213,19 +213,20 @@ class Lockstep:
                 raise TargetError(f"{self.target.name} changed the dtype of parameter {self.names[i]} to {p.dtype}")
             got = _copy64(p)
             gi = self.group_of[i]
-            if g64[i] is None:
+            gi64 = g64[i]
+            if gi64 is None:
                 self._compare_unchanged(i, before[i], got, what)
                 continue
             fn, kw = self._kwargs(gi)
-            expected, new_state = fn(before[i], g64[i], self.main[i].state, **kw)
-            bound, acc = self._bounds(fn, kw, before[i], g64[i], self.main[i].state, self.acc[i], expected,
+            expected, new_state = fn(before[i], gi64, self.main[i].state, **kw)
+            bound, acc = self._bounds(fn, kw, before[i], gi64, self.main[i].state, self.acc[i], expected,
                                       new_state, dtype)
             self.main[i].state, self.acc[i] = new_state, acc
             tol = Tolerance(bound, tols.optim_explanation(dtype, self.t))
             for h in self.hypotheses:
                 tr = self.hyp[h.label][i]
                 hfn, hkw = self._kwargs(gi, h)
-                hexp, tr.state = hfn(before[i], g64[i], tr.state, **hkw)
+                hexp, tr.state = hfn(before[i], gi64, tr.state, **hkw)
                 if tr.matching and not _within(got, hexp, bound):
                     tr.matching = False
             c = compare(got, expected, tol, f"parameter {self.names[i]}")

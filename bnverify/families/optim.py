@@ -240,12 +240,12 @@ def hypotheses(reference: str, conv: OptimConvention, hp: dict[str, Any]) -> lis
                          "the optimizer must read param_groups[i]['lr'] at every step (schedulers and lr "
                          "finders change it)", lr_frozen=True))
     seen = {conv.aspects}
-    for other in CONVENTIONS.values():
-        if other.aspects in seen:
+    for alt in CONVENTIONS.values():
+        if alt.aspects in seen:
             continue
-        seen.add(other.aspects)
-        over = reference_kwargs(reference, {}, other)
-        hs.append(Hypothesis(f"the {other.title} convention", over, f"pass --convention {other.name}"))
+        seen.add(alt.aspects)
+        hs.append(Hypothesis(f"the {alt.title} convention", reference_kwargs(reference, {}, alt),
+                             f"pass --convention {alt.name}"))
     return hs
 
 
@@ -387,6 +387,7 @@ def probe_conventions(target: OptimTarget) -> dict[str, str]:
                 tags |= c[3]
         allowed.intersection_update(tags)
 
+    hp: dict[str, Any]
     if ref == "sgd":
         hp = dict(lr=0.01, momentum=0.9)
         pick("momentum form", hp, [
@@ -422,7 +423,7 @@ def probe_conventions(target: OptimTarget) -> dict[str, str]:
             ("2 lambda p (seed 001)", dict(weight_decay_mode="l2_2lambda"), "", S),
             ("decoupled (Keras)", dict(weight_decay_mode="decoupled"), "", K)])
     else:
-        hp = dict(lr=0.01, betas=(0.9, 0.999), eps=0.3, weight_decay=0.1 if ref == "adamw" else 0.0)
+        hp = {"lr": 0.01, "betas": (0.9, 0.999), "eps": 0.3, "weight_decay": 0.1 if ref == "adamw" else 0.0}
         pick("bias correction and eps", hp, [
             ("bias-corrected, eps outside sqrt(v_hat) (torch, Kingma & Ba)", dict(eps_placement="outside"), "", T),
             ("bias-corrected through the step size, eps hat (TensorFlow/Keras)", dict(eps_placement="hat"), "", K),
