@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "batch norm: momentum meaning and default, running-variance estimator, eps "
                                    "default and placement, ...")
     f.add_argument("target", help=options.TARGET_HELP)
-    options.add_cli_options(f, names=("kind", "device"))
+    options.add_cli_options(f, names=("kind", "reference", "device"))
     f.add_argument("--json", action="store_true", help="print JSON instead of a table")
     f.set_defaults(func=cmd_fingerprint)
     e = sub.add_parser("ci-example", help="print a GitHub Actions workflow that gates on bnverify",
@@ -114,7 +114,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     from bnverify.target import TargetLoadError
 
     try:
-        target = load_target(args.target, kind=args.bn_kind)
+        target = load_target(args.target, kind=args.bn_kind, reference=args.bn_reference)
     except TargetLoadError as exc:
         print(f"bnverify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

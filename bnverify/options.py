@@ -64,8 +64,8 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("kind", "target kind, when it cannot be detected: " + families.kinds_help(), choices=families.all_kinds),
-    Option("convention", "framework convention the target follows (default torch; cs231n for numpy-cs231n; "
-           "for dropout: inverted or direct)", choices=families.all_conventions),
+    Option("convention", "the convention the target follows, per family: " + families.conventions_help(),
+           choices=families.all_conventions),
     Option("reference", "the reference the target is held to, for families that offer a choice "
            "(inferred where the target's name says it)", metavar="NAME"),
     Option("tier", "quick: the CI gate (equivalence, modes, invariance); full: adds the convergence suite",

@@ -101,14 +101,17 @@ class Family:
         return next((s for s in self.suites if s.name == name), None)
 
 
-def _families() -> tuple[Family, ...]:
-    from bnverify.families import batchnorm, dropout, optim
+ENTRIES = ("batchnorm", "dropout", "optim")
+"""The registry: a new family is one module ``bnverify/families/NAME.py`` defining ``FAMILY``, and its name here."""
 
-    return (batchnorm.FAMILY, dropout.FAMILY, optim.FAMILY)
+
+def _families() -> tuple[Family, ...]:
+    import importlib
+
+    return tuple(importlib.import_module(f"bnverify.families.{name}").FAMILY for name in ENTRIES)
 
 
 FAMILIES: tuple[Family, ...] = _families()
-"""The registry. A new family: one module in this package, one entry here."""
 
 
 def all_kinds() -> list[str]:
@@ -155,6 +158,16 @@ def detect_kind(obj: Any) -> str | None:
             if k.detect is not None and k.detect(obj):
                 return k.name
     return None
+
+
+def conventions_help() -> str:
+    """``batch norm: torch (default), keras, ...; dropout: inverted (default), direct; ...``."""
+    parts = []
+    for f in FAMILIES:
+        names = [f"{c} (default)" if c == f.default_convention(f.kinds[0].name) else c for c in f.conventions]
+        extra = [f"{c} for {k}" for k, c in f.default_conventions.items()]
+        parts.append(f"{f.title}: {', '.join(names)}" + (f"; default {', '.join(extra)}" if extra else ""))
+    return "; ".join(parts)
 
 
 def kinds_help() -> str:
