@@ -4,7 +4,9 @@
 divergence is recorded on the curve); :func:`call_guard` routes a target's work through a guard
 (the suites' ``--bn-timeout`` watchdog); :func:`torch_threads` pins the intra-op threads;
 :func:`cached_curve` and :func:`reference_curves` train the reference, twin and no-batch-norm
-networks once per process, since they do not depend on the target.
+networks once per process, since they do not depend on the target.  ``train(optimizer=...)`` takes an
+optimizer factory (``params -> torch.optim.Optimizer``; default: the protocol's plain SGD), which the
+optimizer convergence suite uses to train the seed's network with the target optimizer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from bnverify.convergence.protocol import (
     _derive_seed,
 )
 from bnverify.mnist import Split
+
+#: ``params -> torch.optim.Optimizer``: builds the optimizer a training run steps with.
+OptimizerFactory = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
 
 
 @dataclass
@@ -192,8 +197,13 @@ def train(
     device: str | torch.device = "cpu",
     *,
     label: str = "target",
+    optimizer: OptimizerFactory | None = None,
 ) -> Curve:
     """Train the seed's network with ``norm_factory`` for ``protocol.epochs``; never raises.
+
+    ``optimizer`` builds the optimizer from the model's parameters (a list, in the model's
+    order); ``None`` is the seed's: ``torch.optim.SGD`` at ``protocol.lr`` and
+    ``protocol.momentum``.  The optimizer is built after the network, inside the forked RNG.
 
     Deterministic for a given seed: the weights come from :func:`init_weights`,
     the data order from a ``torch.Generator`` seeded from ``seed`` (a
@@ -207,12 +217,15 @@ def train(
     training loss or test output stops the run as "diverged"; an exception
     from anywhere (constructing, forward, backward, eval) stops it as
     "crashed".  Epochs already measured are kept.  Inside :func:`call_guard`,
-    a run of a norm layer that is not built in executes each piece of work
-    through the guard (a timeout it raises stops the run as "crashed").
+    a run of a norm layer that is not built in, or of a given ``optimizer``,
+    executes each piece of work through the guard (a timeout it raises stops
+    the run as "crashed").
     """
     dev = torch.device(device)
     curve = Curve(label=label, seed=int(seed), device=str(dev), n_test=split.n_test, num_classes=split.num_classes)
-    builtin = norm_factory is None or any(norm_factory is f for f in BUILTIN_FACTORIES.values())
+    builtin = optimizer is None and (
+        norm_factory is None or any(norm_factory is f for f in BUILTIN_FACTORIES.values())
+    )
     guard = _GUARDS[-1] if _GUARDS and not builtin else _unguarded
     stage = "building the network"
     try:
@@ -235,7 +248,14 @@ def train(
                 init_scale=protocol.init_scale,
                 seed=seed,
             ).to(dev))
-            opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum)
+            if optimizer is None:
+                opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum)
+            else:
+                stage, make_opt = "building the optimizer", optimizer
+                opt = guard(lambda: make_opt(list(model.parameters())))
+                if not isinstance(opt, torch.optim.Optimizer):
+                    raise TypeError(f"the optimizer factory returned {type(opt).__name__}, "
+                                    "not a torch.optim.Optimizer")
             gen = torch.Generator().manual_seed(_derive_seed(seed, _STREAM_DATA))
             n = split.n_train
             steps = n // protocol.batch_size
@@ -279,7 +299,8 @@ def train(
                     curve.status = "diverged"
                     curve.message = (
                         f"training loss became {float(loss_t[step - 1])} at epoch {epoch}, "
-                        f"step {step} of {steps} (lr {protocol.lr})"
+                        f"step {step} of {steps}"
+                        + (f" (lr {protocol.lr})" if optimizer is None else "")
                     )
                     return curve
                 stage = f"evaluating after epoch {epoch}"
