@@ -94,6 +94,7 @@ FAMILY = Family(
         Suite("modes", "quick", summary="running statistics, train/eval, conventions, folding"),
         Suite("invariance", "quick", summary="scale and shift invariance, gradient geometry"),
         Suite("convergence", "full", summary="seed 002's MNIST network beside the reference"),
+        Suite("bench", "full", summary="time, GB/s and % of the measured roofline beside torch's native batch norm"),
         Suite("seed-claims", "full", opt_in=True, summary="what the seeds claim about batch norm"),
     ),
     conventions=dict(CONVENTIONS),
