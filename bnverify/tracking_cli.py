@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from bnverify import tracking
+from bnverify.tables import table
+from bnverify.tracking.config import is_http_uri, redact, sqlite_path
+from bnverify.tracking.store import open_store
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow.entities import Run
@@ -220,7 +223,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 _when(meta.get("end_ms")),
                 str(meta.get("error", ""))[:80],
             ])
-        print(_table(["invocation", "target", "verdict", "finished", "why spooled"], rows))
+        print(table(rows, ["invocation", "target", "verdict", "finished", "why spooled"]))
         return 0
     report = tracking.sync(args.tracking_uri)
     for line in report.lines():
@@ -236,18 +239,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    if tracking._is_http_uri(uri):
+    if is_http_uri(uri):
         print(f"{uri} is a tracking server; its UI is at {uri}")
         return 0
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
-    db = tracking._sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         # artifacts of experiments made in the UI go beside the store, not into ./mlartifacts;
         # one worker: SQLite has one writer (and four workers take four times as long to start)
         cmd += ["--artifacts-destination", str(db.parent / "artifacts"), "--workers", "1"]
     url = f"http://127.0.0.1:{args.port}"
-    shown = [tracking._redact(c) for c in cmd]
-    print(f"MLflow UI on {tracking._redact(uri)}: {url}")
+    shown = [redact(c) for c in cmd]
+    print(f"MLflow UI on {redact(uri)}: {url}")
     print("$ " + shlex.join(shown))
     if args.print_only:
         return 0
@@ -267,7 +270,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _store_missing(uri: str) -> str | None:
-    db = tracking._sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.exists():
         return f"no tracking store at {db} yet (nothing has been logged there)"
     return None
@@ -326,16 +329,6 @@ def _fmt(value: float | None) -> str:
     return f"{value:.6g}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def _run_query(args: argparse.Namespace, body: Any) -> int:
     """Resolve the store, run ``body(client, uri, experiment)`` under short timeouts."""
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -346,13 +339,13 @@ def _run_query(args: argparse.Namespace, body: Any) -> int:
     if not tracking.mlflow_available():
         return _fail("mlflow is not installed (pip install mlflow)")
     try:
-        with tracking.query_context(), tracking._open_store(uri, None, hold=False) as (client, _):
+        with tracking.query_context(), open_store(uri, None, hold=False) as (client, _):
             result: int = body(client, uri, experiment)
             return result
     except UsageError as e:
         return _fail(str(e))
     except Exception as e:  # noqa: BLE001 - one line on stderr, exit 2, never a traceback
-        return _fail(f"cannot read the tracking store {tracking._redact(uri)}: {_one_line(e)}")
+        return _fail(f"cannot read the tracking store {redact(uri)}: {_one_line(e)}")
 
 
 # --------------------------------------------------------------------------- compare
@@ -454,7 +447,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"{label}: {run.info.run_id}  {run.info.run_name}  ({_when(run.info.start_time)})")
         if tag_rows:
             print()
-            print(_table(["tag", "A", "B"], [[k, va or "-", vb or "-"] for k, va, vb in tag_rows]))
+            print(table([[k, va or "-", vb or "-"] for k, va, vb in tag_rows], ["tag", "A", "B"]))
         print()
         if not rows:
             print(f"no differences in {len(checks)} checks" + ("" if args.timings else " (timings not compared)"))
@@ -465,7 +458,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for r in rows:
             table_rows.append([r.check if r.check != last else "", r.metric, _fmt(r.a), _fmt(r.b)])
             last = r.check
-        print(_table(["check", "metric", "A", "B"], table_rows))
+        print(table(table_rows, ["check", "metric", "A", "B"]))
         return 1
 
     return _run_query(args, body)
@@ -478,7 +471,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     def body(client: MlflowClient, uri: str, experiment: str) -> int:
         runs = tracking.invocation_runs(client, experiment, target=args.target, max_results=args.limit)
         if not runs:
-            raise UsageError(f"no runs of target {args.target!r} in experiment {experiment!r} at {tracking._redact(uri)}")
+            raise UsageError(f"no runs of target {args.target!r} in experiment {experiment!r} at {redact(uri)}")
         records = []
         for run in runs:
             m, t = run.data.metrics, run.data.tags
@@ -504,7 +497,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         headers = list(records[0])
         rows = [[v if isinstance(v, str) else _fmt(v) for v in rec.values()] for rec in records]
         print(f"{args.target}: {len(records)} run(s) in experiment {experiment!r}, newest first")
-        print(_table(headers, rows))
+        print(table(rows, headers))
         return 0
 
     return _run_query(args, body)

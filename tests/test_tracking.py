@@ -31,6 +31,10 @@ import pytest
 
 from bnverify import tracking
 from bnverify.results import CheckResult, RunSummary
+from bnverify.tracking import warmup
+from bnverify.tracking.config import is_http_uri
+from bnverify.tracking.plan import batches, plan_invocation
+from bnverify.tracking.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE = REPO / "mlflow" / "serve.sh"
@@ -128,7 +132,7 @@ def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def make_migrated_db(folder: Path) -> Path:
     """A SQLite store migrated once (the migration costs seconds; copies cost nothing)."""
     db = folder / "mlflow.db"
-    with tracking.query_context(), tracking._open_store("sqlite:///" + db.as_posix(), None):
+    with tracking.query_context(), open_store("sqlite:///" + db.as_posix(), None):
         pass
     con = sqlite3.connect(str(db))
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -273,7 +277,7 @@ def test_metric_names_are_sanitised_and_split_back() -> None:
             metrics={"x.y/z": 1.0, "bad value": "nan-string"},  # type: ignore[dict-item]
         )
     )
-    plan = tracking._plan(summary, "inv")
+    plan = plan_invocation(summary, "inv")
     keys = {k for k, _, _ in plan.parent.metrics}
     for key in keys:
         _validate_metric_name(key)  # raises on a name MLflow would refuse
@@ -296,7 +300,7 @@ def test_batches_respect_mlflow_limits() -> None:
     metrics = [(f"m{i}", float(i), 0) for i in range(2500)]
     params = {f"p{i}": "v" * 7000 for i in range(230)}
     tags = {f"t{i}": "w" * 9000 for i in range(150)}
-    chunks = list(tracking._batches(metrics, params, tags))
+    chunks = list(batches(metrics, params, tags))
     assert sum(len(m) for m, _, _ in chunks) == 2500
     assert sum(len(p) for _, p, _ in chunks) == 230
     assert sum(len(t) for _, _, t in chunks) == 150
@@ -507,33 +511,90 @@ def test_unreachable_server_spools_fast_and_sync_replays_exactly_once(store: str
 
 def test_without_mlflow_results_are_spooled(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # the one fault that cannot be produced for real here: mlflow missing
-    real = tracking.mlflow_available
-    monkeypatch.setattr(tracking, "mlflow_available", lambda: False)
-    out = tracking.log_invocation(make_summary(), tracking_uri=store)
-    assert out.run_id is None and out.spooled and "mlflow is not installed" in out.message
-    report = tracking.sync(store)
-    assert not report.ok and report.pending
-    monkeypatch.setattr(tracking, "mlflow_available", real)
+    with monkeypatch.context() as m:
+        for module in (tracking.invocation, tracking.spool):
+            m.setattr(module, "mlflow_available", lambda: False)
+        out = tracking.log_invocation(make_summary(), tracking_uri=store)
+        assert out.run_id is None and out.spooled and "mlflow is not installed" in out.message
+        report = tracking.sync(store)
+        assert not report.ok and report.pending
     assert tracking.sync(store).replayed
 
 
-def test_null_recorder_and_prepared_agent(store: str) -> None:
-    off = tracking.make_recorder(False)
-    assert off.log(make_summary()) == tracking.LogOutcome(None, None, "tracking: off")
-    rec = tracking.make_recorder(True, store)
+def test_prepared_worker_writes_the_run_and_ends(store: str) -> None:
     assert tracking.prepare(store) is True
-    agent = tracking._AGENTS[(store, "bnverify")]
+    worker = warmup._WORKERS[(store, "bnverify")]
+    assert tracking.prepare(store) is True and warmup._WORKERS[(store, "bnverify")] is worker  # one per store
     time.sleep(0.2)
-    out = rec.log(make_summary(), {"report.txt": "via the agent"})
+    out = tracking.log_invocation(make_summary(), tracking_uri=store, artifacts={"report.txt": "via the worker"})
     assert out.run_id, out.message
-    assert (store, "bnverify") not in tracking._AGENTS and agent.proc.returncode == 0
+    assert (store, "bnverify") not in warmup._WORKERS and worker.proc.exitcode == 0
     assert client_for(store).get_run(out.run_id).data.tags["bnverify.complete"] == "true"
-    # a prepared agent whose store is down: spooled, bounded in time
+    assert "report.txt" in {f.path for f in client_for(store).list_artifacts(out.run_id)}
+    # a prepared worker whose store is down: spooled, bounded in time
     dead = f"http://127.0.0.1:{free_port()}"
     tracking.prepare(dead)
     t0 = time.perf_counter()
     out = tracking.log_invocation(make_summary(), tracking_uri=dead)
     assert out.spooled and time.perf_counter() - t0 < 30
+
+
+def test_tracking_timeout_bounds_the_wait_and_kills_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts connections and never answers: the worker's warm-up hangs on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        monkeypatch.setenv("BNVERIFY_TRACKING_TIMEOUT", "2")
+        assert tracking.prepare(url) is True
+        worker = warmup._WORKERS[(url, "bnverify")]
+        t0 = time.perf_counter()
+        out = tracking.log_invocation(make_summary(), tracking_uri=url)
+        elapsed = time.perf_counter() - t0
+    assert out.spooled and "did not finish within 2 s" in out.message and "BNVERIFY_TRACKING_TIMEOUT" in out.message
+    assert 2 <= elapsed < 10, elapsed
+    assert not worker.alive() and worker.proc.exitcode is not None
+
+
+def test_worker_does_not_outlive_its_controller(store: str, tmp_path: Path) -> None:
+    """A controller that prepares and exits without logging (a crash, an interrupted run)."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from bnverify import tracking
+        from bnverify.tracking import warmup
+        assert tracking.prepare({store!r})
+        print(warmup._WORKERS[({store!r}, "bnverify")].proc.pid, flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    pid = int(done.stdout.split()[-1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_worker_only_where_spawn_cannot_rerun_a_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sysconfig
+    import types
+
+    def main(name: str | None = None, file: str | None = None) -> types.ModuleType:
+        mod = types.ModuleType("__main__")
+        mod.__spec__ = types.SimpleNamespace(name=name) if name else None  # type: ignore[assignment]
+        if file:
+            mod.__file__ = file
+        return mod
+
+    for module, safe in (
+        (main("pytest.__main__"), True),  # python -m pytest
+        (main(), True),  # python -c, interactive
+        (main(file=str(Path(sysconfig.get_path("scripts")) / "bnverify")), True),  # a console script
+        (main("mychecks"), False),  # python -m mychecks
+        (main(file=str(tmp_path / "run_checks.py")), False),  # a user's script: maybe unguarded
+    ):
+        monkeypatch.setitem(sys.modules, "__main__", module)
+        assert warmup._spawn_is_safe() is safe, module
+    assert tracking.prepare(f"http://127.0.0.1:{free_port()}") is False and not warmup._WORKERS
 
 
 def test_server_hung_then_killed_mid_run_spools_and_sync_replays_once(
@@ -567,17 +628,17 @@ def test_server_hung_then_killed_mid_run_spools_and_sync_replays_once(
         assert "timeout" in hung.message.lower() or "timed out" in hung.message.lower()
 
         # killed mid-run: after the runs and metrics are in, before the artifacts
-        real_upload = tracking._upload_artifacts
+        real_upload = tracking.store._upload_artifacts
 
         def kill_then_upload(client: Any, run_id: str, folder: Path) -> None:
             srv.kill()
             real_upload(client, run_id, folder)
 
-        monkeypatch.setattr(tracking, "_upload_artifacts", kill_then_upload)
+        monkeypatch.setattr(tracking.store, "_upload_artifacts", kill_then_upload)
         t0 = time.perf_counter()
         mid = tracking.log_invocation(make_summary("pkg:Killed"), tracking_uri=url, artifacts={"report.txt": "k"})
         mid_s = time.perf_counter() - t0
-        monkeypatch.setattr(tracking, "_upload_artifacts", real_upload)
+        monkeypatch.setattr(tracking.store, "_upload_artifacts", real_upload)
         assert mid.run_id is None and mid.spooled and mid_s < 30, (mid_s, mid.message)
 
         t0 = time.perf_counter()
@@ -693,7 +754,7 @@ def test_team_mode_postgres_backend_and_shared_artifact_root(tmp_path: Path, mon
             assert len(files) == 1 and files[0].read_text() == "t"
             assert len(parents(runs_of(pg_uri, experiment="bnverify-team"))) == 1  # the same database
             # the server is the team's UI: bnverify ui only points at it
-            assert tracking._is_http_uri(srv.url)
+            assert is_http_uri(srv.url)
 
         # PostgreSQL down: spooled in seconds (mlflow alone retries engine creation for ~100 s)
         stop_pg()

@@ -1,0 +1,123 @@
+"""Logging one invocation: :func:`log_invocation` stages the summary and artifacts, hands
+them to the store (through the warm-up worker when one was prepared), and spools them when
+the store fails.  It never raises and never changes a verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bnverify.results import RunSummary
+from bnverify.tracking.config import (
+    describe_error,
+    mlflow_available,
+    redact,
+    resolve_experiment,
+    resolve_tracking_uri,
+    version,
+)
+from bnverify.tracking.plan import TAG_INVOCATION
+from bnverify.tracking.spool import ArtifactValue, move_to_spool, stage
+from bnverify.tracking.warmup import deliver
+
+
+class LogOutcome(NamedTuple):
+    """What :func:`log_invocation` did: a run id, or the spool folder, and one line saying so."""
+
+    run_id: str | None
+    spooled: Path | None
+    message: str
+
+
+def _invocation_id(summary: RunSummary) -> str:
+    given = str(summary.tags.get(TAG_INVOCATION, "")).strip()
+    return given if re.fullmatch(r"[A-Za-z0-9_-]{8,64}", given) else uuid.uuid4().hex
+
+
+def log_invocation(
+    summary: RunSummary,
+    *,
+    tracking_uri: str | None,
+    artifacts: Mapping[str, ArtifactValue] | None = None,
+    experiment: str | None = None,
+) -> LogOutcome:
+    """Log one ``bnverify check`` invocation; never raises, never changes a verdict.
+
+    Args:
+        summary: every result of the invocation (the controller's, after all workers).
+        tracking_uri: ``--tracking-uri``; None means ``$MLFLOW_TRACKING_URI`` or the
+            local SQLite default (:func:`~bnverify.tracking.config.resolve_tracking_uri`).
+        artifacts: extra files for the parent run, by relative name (``report.txt``,
+            ``junit.xml``, ``plots/loss.png``).  A ``str`` value is the file's *text*,
+            ``bytes`` its content, and a :class:`pathlib.Path` a file or folder to copy.
+        experiment: the experiment name; default ``$BNVERIFY_EXPERIMENT`` or ``bnverify``.
+
+    Returns:
+        ``LogOutcome(run_id, None, message)`` when logged;
+        ``LogOutcome(None, spool_folder, warning)`` when the store failed and the results
+        were spooled for ``bnverify sync``.
+    """
+    end_ms = int(time.time() * 1000)
+    try:
+        uri = resolve_tracking_uri(tracking_uri)
+        exp_name = resolve_experiment(experiment)
+        invocation_id = _invocation_id(summary)
+        summary = dataclasses.replace(summary, tags={**summary.tags, TAG_INVOCATION: invocation_id})
+    except Exception as e:  # noqa: BLE001 - a summary this broken cannot be spooled usefully
+        return LogOutcome(None, None, f"tracking: not logged ({describe_error(e)})")
+
+    meta: dict[str, Any] = {
+        "invocation_id": invocation_id,
+        "experiment": exp_name,
+        "tracking_uri": redact(uri),
+        "end_ms": end_ms,
+        "spooled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bnverify_version": version("bnverify"),
+    }
+    try:
+        staging = Path(tempfile.mkdtemp(prefix="bnverify-track-"))
+    except OSError as e:
+        return LogOutcome(None, None, f"tracking WARNING: not logged, no temporary folder ({e}); the verdict stands")
+    try:
+        try:
+            notes = stage(staging, summary, artifacts or {}, meta)
+        except Exception as e:  # noqa: BLE001 - a missing artifact must not lose the results
+            notes = [f"staging failed: {describe_error(e)}"]
+        note = f" ({'; '.join(notes)})" if notes else ""
+        error: str
+        if not mlflow_available():
+            error = "mlflow is not installed (pip install mlflow)"
+        else:
+            try:
+                run_id = deliver(uri, exp_name, summary, invocation_id, end_ms, staging)
+                return LogOutcome(run_id, None, f"tracking: logged run {run_id} to {redact(uri)}{note}")
+            except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - never raise: spool
+                error = describe_error(e)
+        meta["error"] = error
+        try:
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+            where = move_to_spool(staging, invocation_id)
+        except Exception as e:  # noqa: BLE001 - not even the spool: say so, keep the verdict
+            return LogOutcome(
+                None,
+                None,
+                f"tracking WARNING: could not log to {redact(uri)} ({error}) "
+                f"and could not spool ({describe_error(e)}); the verdict stands",
+            )
+        return LogOutcome(
+            None,
+            where,
+            f"tracking WARNING: could not log to {redact(uri)} ({error}); results "
+            f"spooled to {where}; replay them with `bnverify sync`{note}",
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
