@@ -811,3 +811,88 @@ PERF_GATE_Z = 3.0
 
 PERF_GATE_MIN_SLOWDOWN = 0.15
 """Smallest slowdown relative to native that fails (15%): run-to-run variation not seen within a run."""
+
+
+# --------------------------------------------------------------------------- initializer suite (`init`)
+# An initialiser's output is random, so its checks (``bnverify.init_check``) are hypothesis tests of its
+# samples against the law it claims, and a threshold is a probability of failing a correct initialiser,
+# not a rounding bound.
+#
+# Family-wise rate.  One run of the ``init`` suite makes at most INIT_MAX_TESTS statistical tests (each
+# check records how many in its metric ``statistical tests``; ``tests/test_init.py`` sums them over a run
+# for every reference and keeps the sum below this bound).  Each test fails a correct initialiser with
+# probability at most INIT_ALPHA = INIT_FAMILY_ALPHA / INIT_MAX_TESTS, so by Bonferroni (a union bound,
+# valid whatever the dependence between the tests) a correct initialiser fails a run with probability
+# at most INIT_FAMILY_ALPHA = 1e-6.  The tests, and why each meets INIT_ALPHA:
+#
+# * Kolmogorov-Smirnov: D against ``scipy.stats.kstwo.isf(INIT_ALPHA, n)``, the exact one-sample law of
+#   D for a continuous distribution.  float32 samples move D by < 1e-6, far below the critical values
+#   (0.025 at n = 16384, 0.070 at n = 2048).
+# * the mean and the second moment about the law's mean: z statistics of a mean of n iid terms.  The
+#   two-sided normal quantile at INIT_ALPHA = 5e-9 is 5.85; the skewness of the mean moves the quantile
+#   by gamma (z^2 - 1) / 6 (Cornish-Fisher).  The worst term is x^2 under a normal law (chi-square(1):
+#   skewness 2.83, excess kurtosis 12); at n >= INIT_MIN_SAMPLES = 2048 the Cornish-Fisher terms add
+#   +0.35 (skewness), +0.05 (kurtosis), -0.04 (skewness squared), so the exact quantile is below 6.21
+#   and INIT_Z = 6.5 covers it.  Uniform and truncated-normal terms are bounded, with smaller skewness.
+# * tail counts (``check_support``): exact binomial p-values of the counts beyond the law's
+#   INIT_TAIL_MASS quantiles, two-sided, against INIT_ALPHA.
+# * samples outside a bounded law's support: probability 0 for a correct initialiser; the bound itself
+#   is allowed INIT_SUPPORT_ULPS float32 ulps for its own rounding (torch computes it in float64 and
+#   rounds the uniform draw to float32).
+#
+# Power at the suite's n = INIT_SAMPLES = 16384: the second-moment test's standard error is sqrt(2/n) =
+# 1.1% of the variance under a normal law, so a std off by 4% fails.  fan_out for fan_in on the 400 -> 25
+# layer is a factor 4 in std, a missing ReLU gain sqrt(2), a uniform bound without its sqrt(3) 1.73,
+# truncation without the 0.8796 correction 1.14: from 13 to over 1000 standard errors.  The smallest
+# layers (1 -> 1) are drawn INIT_MAX_CALLS times, n = 2048 = INIT_MIN_SAMPLES; the false-failure sweep
+# of ``tests/test_init.py`` runs every check at that n.
+INIT_FAMILY_ALPHA = 1e-6
+"""Largest probability that a correct initialiser fails one run of the ``init`` suite (any check)."""
+
+INIT_MAX_TESTS = 200
+"""Upper bound on the statistical tests of one ``init`` run (measured: at most 75 for any reference)."""
+
+INIT_ALPHA = INIT_FAMILY_ALPHA / INIT_MAX_TESTS
+"""Per-test false-failure probability (Bonferroni): 5e-9."""
+
+INIT_Z = 6.5
+"""|z| bound of the mean and second-moment tests: the 5e-9 two-sided quantile (5.85) plus its
+Cornish-Fisher correction at n >= 2048 (<= 0.36), rounded up."""
+
+INIT_MIN_SAMPLES = 2048
+"""Fewest samples any statistical test sees (the Cornish-Fisher bound above needs n >= 2048)."""
+
+INIT_MAX_CALLS = 2048
+"""Most calls to the target for one sample (tiny layers): n >= min(INIT_SAMPLES, 2048 x numel) >= 2048."""
+
+INIT_SAMPLES = 16384
+"""Samples per statistical test in the suite (fresh tensors of the case's shape until there are this many)."""
+
+INIT_TAIL_MASS = 0.01
+"""Mass of each outer tail counted by ``check_support``: a uniform's edges [0.98 b, b], a normal's
+points beyond 2.33 sd, both emptied by the classic bound and truncation mistakes."""
+
+INIT_SUPPORT_ULPS = 4
+"""float32 ulps of slack on a bounded law's support (relative), for the rounding of the bound."""
+
+# Six-layer study (suite ``init-study``, seed 001).  The verdict compares, per layer and nonlinearity,
+# the target's mean over INIT_STUDY_SEEDS seeds of log(std of the layer's activations) with the
+# reference's mean over the same seeds.  The band is the reference's own measured seed-to-seed spread
+# s (sample sd of its per-seed log-stds): mean_ref +- t * s * sqrt(1/S + 1/S), t the two-sided Student
+# quantile with S - 1 degrees of freedom at INIT_FAMILY_ALPHA / (6 layers x 2 nonlinearities), so a
+# target drawing from the reference's law leaves a band with probability below 1e-6 per run (Bonferroni;
+# it has the reference's spread by construction).  Log-stds are compared because a wrong scale
+# compounds multiplicatively through the layers.  A spread of exactly 0 (impossible with 500 x 1000
+# activations) would be floored at INIT_STUDY_FLOOR.
+INIT_STUDY_SEEDS = 10
+"""Seeds per network and initialiser in the six-layer study."""
+
+INIT_STUDY_FLOOR = 1e-3
+"""Smallest seed-to-seed sd of a log-std the study's band uses (0.1%)."""
+
+
+def init_study_t(seeds: int = INIT_STUDY_SEEDS, comparisons: int = 12) -> float:
+    """Two-sided Student quantile of the study's band (15.5 for 10 seeds and 12 comparisons)."""
+    from scipy import stats
+
+    return float(stats.t.isf(INIT_FAMILY_ALPHA / comparisons / 2, seeds - 1))

@@ -101,7 +101,7 @@ class Family:
         return next((s for s in self.suites if s.name == name), None)
 
 
-ENTRIES = ("batchnorm", "dropout", "optim")
+ENTRIES = ("batchnorm", "dropout", "optim", "init")
 """The registry: a new family is one module ``bnverify/families/NAME.py`` defining ``FAMILY``, and its name here."""
 
 
