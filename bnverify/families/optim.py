@@ -461,7 +461,9 @@ FAMILY = Family(
     kinds=(Kind("torch-optimizer", "a torch.optim.Optimizer subclass with the constructor of the torch optimizer "
                 "it implements (params, lr, ...)", _is_optimizer_class, _validate),),
     suites=(Suite("optim", "quick", summary="k-step trajectories of parameters and state vs the float64 reference, "
-                  "param groups, weight decay, eps, lr changes, missing gradients, state_dict, float32, flags"),),
+                  "param groups, weight decay, eps, lr changes, missing gradients, state_dict, float32, flags"),
+            Suite("optim-convergence", "full", summary="trains seed 002's network beside the reference optimizer "
+                  "(same weights, data order, seeds), judged by the reference's noise band; states the bug impact"),),
     conventions=dict(CONVENTIONS),
     make_target=make_target,
     references=REFERENCES,
