@@ -56,6 +56,7 @@ CAUGHT_ELSEWHERE = {
     "test_state_dict": "tests/test_optim.py (AdamStateOutsideStateDict)",
     "test_float32": "tests/test_optim.py (AdamHalfSecondMoment)",
     "test_flags": "tests/test_optim.py (SGDForeachIgnoresMomentum)",
+    "test_optim_convergence": "tests/test_optim_convergence.py (SGDMomentumOutOfPlace)",
 }
 
 
