@@ -77,6 +77,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-examples", "hypothesis examples per check (default by tier)", type=int),
     Option("no-shrink", "report the first failing example instead of shrinking it to a minimal one (faster)",
            flag=True),
+    Option("shrink-budget", "seconds hypothesis may spend shrinking one failing check to a minimal example; all "
+           "failing checks of a run share 4 times that (default 5, so 20 s a run); 0 reports examples as found",
+           type=float, default=5.0, metavar="S"),
     Option("threads", "torch intra-op threads for the correctness checks (small tensors run fastest on 1)",
            type=int, default=1),
     Option("timeout", "seconds one call into the target may take before it counts as hung (0: no limit)",

@@ -33,6 +33,7 @@ TARGET_KEY = pytest.StashKey[Any]()
 STATE_KEY = pytest.StashKey["_State"]()
 MNIST_KEY = pytest.StashKey[Any]()
 XFAILS_KEY = pytest.StashKey[Any]()
+PREFLIGHT_KEY = pytest.StashKey[list[Any]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -75,6 +76,8 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(max(1, config.getoption("bn_threads")))
+    preflight = target.family.preflight
+    config.stash[PREFLIGHT_KEY] = preflight(target, config.getoption("bn_device")) if preflight else []
     _configure_hypothesis(config)
     config.pluginmanager.register(_Reporter(config), "bnverify-reporter")
 
@@ -141,6 +144,7 @@ def _configure_convergence(config: pytest.Config) -> None:
 class _State:
     def __init__(self, spec: str | None) -> None:
         self.spec = spec
+        self.shrink_left: float | None = None  # seconds of the run's shrink budget still unspent
 
 
 def _suite_of(item: pytest.Item) -> str | None:
@@ -187,8 +191,23 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    _apply_preflight(config, items)
     _apply_xfails(config, items)
     _apply_example_budgets(items)
+
+
+def _apply_preflight(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Checks that depend on a call the preflight saw fail are not run, with that reason (``bnverify.preflight``)."""
+    from bnverify.preflight import blocked_reason
+
+    steps = config.stash.get(PREFLIGHT_KEY, [])
+    if not any(s.failed for s in steps):
+        return
+    for it in items:
+        suite = _suite_of(it)
+        why = None if suite is None else blocked_reason(steps, suite)
+        if why:
+            it.add_marker(pytest.mark.skip(reason=why))
 
 
 def _apply_xfails(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -204,6 +223,39 @@ def _apply_xfails(config: pytest.Config, items: list[pytest.Item]) -> None:
         entry = xfails.match(suite, it.name)
         if entry is not None:
             it.add_marker(pytest.mark.xfail(reason=f"known deviation ({entry.where}): {entry.reason}", strict=strict))
+
+
+RUN_SHRINK_BUDGET_FACTOR = 4
+"""All failing checks of a run share this many per-check shrink budgets (``--shrink-budget``)."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Bound the time hypothesis spends shrinking a failure: per check, and for the whole run.
+
+    A failing run then answers in the same order of time as a passing one: the first failing
+    example is found as fast as a pass, and refining it to a minimal one stops at the budget
+    (hypothesis then reports the smallest example found so far).  Hypothesis documents its
+    ``MAX_SHRINKING_SECONDS`` as the knob for exactly this.
+    """
+    if _suite_of(item) is None or TARGET_KEY not in item.config.stash:
+        yield
+        return
+    from hypothesis.internal.conjecture import engine
+
+    state = item.config.stash[STATE_KEY]
+    per_check = max(0.0, float(item.config.getoption("bn_shrink_budget")))
+    if state.shrink_left is None:
+        state.shrink_left = per_check * RUN_SHRINK_BUDGET_FACTOR
+    saved = engine.MAX_SHRINKING_SECONDS
+    engine.MAX_SHRINKING_SECONDS = min(per_check, max(0.0, state.shrink_left))  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    try:
+        outcome = yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = saved
+    if outcome.excinfo is not None:  # it failed (and shrank): charge its time to the run's budget
+        state.shrink_left -= time.perf_counter() - t0
 
 
 def _apply_example_budgets(items: list[pytest.Item]) -> None:
@@ -335,9 +387,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     outcome = yield
     report = outcome.get_result()
-    if _suite_of(item) is None:
+    suite = _suite_of(item)
+    if suite is None:
         return
     data = _item_data(item)
+    if "suite" not in data:  # skipped by a mark before pytest_runtest_setup ran (preflight, --xfails)
+        data["suite"] = suite
+        data["check"] = item.originalname if isinstance(item, pytest.Function) else item.name
     if call.excinfo is not None and report.outcome in ("failed",) and "message" not in data:
         data["message"] = _message_of(call.excinfo.value)
     elif hasattr(report, "wasxfail") and call.excinfo is not None and "message" not in data:
@@ -381,6 +437,15 @@ class _Reporter:
         from bnverify import tracking
 
         tracking.prepare(config.getoption("bn_tracking_uri"))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """A failed preflight step fails the run, though the checks it blocked were skipped, not failed."""
+        if hasattr(self.config, "workerinput"):
+            return
+        if any(s.failed for s in self.config.stash.get(PREFLIGHT_KEY, [])) and session.exitstatus in (
+                pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -451,11 +516,19 @@ class _Reporter:
             "seed": config.getoption("bn_seed"), "suites": ",".join(config.getoption("bn_suite") or ["all"]),
             "timeout_s": config.getoption("bn_timeout"),
         }
+        results = dict(self.results)
+        for step in config.stash.get(PREFLIGHT_KEY, []):
+            if step.failed:
+                nodeid = f"preflight::{step.name}"
+                results[nodeid] = CheckResult(
+                    nodeid=nodeid, suite="preflight", check=f"preflight[{step.name}]", outcome="failed",
+                    message=f"{step.error}\n  the checks that need a working {step.name} were not run "
+                            "(reported as skipped with this reason)")
         return RunSummary(
             target=target.spec, kind=target.kind, convention=target.convention.name,
             tier=config.getoption("bn_tier"), device=config.getoption("bn_device"),
             seed=config.getoption("bn_seed"), params=params, tags=tags,
-            results=sorted(self.results.values(), key=lambda r: (r.suite, r.nodeid)),
+            results=sorted(results.values(), key=lambda r: (r.suite != "preflight", r.suite, r.nodeid)),
             duration_s=time.perf_counter() - self.t0, reproduce=_reproduce(target),
         )
 
@@ -613,5 +686,6 @@ def format_table(summary: RunSummary) -> str:
             lines.append(f"FAILED {r.suite}/{r.check}")
             for ln in r.message.strip().splitlines()[:14]:
                 lines.append("    " + ln)
-            lines.append(f"    reproduce: {reproduce} --suite {r.suite} --seed {summary.seed}")
+            where = "" if r.suite == "preflight" else f" --suite {r.suite}"
+            lines.append(f"    reproduce: {reproduce}{where} --seed {summary.seed}")
     return "\n".join(lines)

@@ -70,6 +70,8 @@ class Family:
     infer_reference_from: Callable[[Any, str], str | None] | None = None
     aliases: dict[str, Callable[[], Any]] = field(default_factory=dict)
     """Built-in target names (``torch``, ``reference``) and their factories."""
+    preflight: Callable[[Any, str], list[Any]] | None = None
+    """``(target, device) -> [bnverify.preflight.Step]``: each kind of call made once before the suites."""
     fingerprint: Callable[[Any, str, bool], str] | None = None
     """``(target, device, as_json) -> text``: what ``bnverify fingerprint`` prints, measured by probing."""
 

@@ -4,7 +4,7 @@
 |---|---|---|
 | ``torch-module`` | an ``nn.Module`` class with ``torch.nn.BatchNorm2d``'s constructor | a ``torch.nn.Module`` subclass |
 | ``torch-functional`` | a callable with ``torch.nn.functional.batch_norm``'s signature | its parameter names |
-| ``numpy-cs231n`` | a module with ``batchnorm_forward`` / ``batchnorm_backward`` | those two names |
+| ``numpy-cs231n`` | a module with ``batchnorm_forward`` (``batchnorm_backward``, spatial optional) | ``batchnorm_forward`` |
 
 Conventions are ``bnverify.conventions.CONVENTIONS`` (torch, keras, flax, cs231n), each cell
 cited there; the default is ``torch`` (``cs231n`` for the numpy-cs231n kind).
@@ -27,7 +27,10 @@ def _is_module_class(obj: Any) -> bool:
 
 
 def _is_cs231n(obj: Any) -> bool:
-    return hasattr(obj, "batchnorm_forward") and hasattr(obj, "batchnorm_backward")
+    """A module (or object) exposing ``batchnorm_forward``; ``batchnorm_backward`` is optional (SPEC section 2:
+    a module without it gets its forward checked)."""
+    return not inspect.isclass(obj) and callable(getattr(obj, "batchnorm_forward", None)) or (
+        inspect.isclass(obj) and hasattr(obj, "batchnorm_forward") and not _is_module_class(obj))
 
 
 def _is_functional(obj: Any) -> bool:
@@ -47,9 +50,10 @@ def _validate_functional(obj: Any, spec: str) -> None:
 
 
 def _validate_cs231n(obj: Any, spec: str) -> None:
-    missing = [n for n in ("batchnorm_forward", "batchnorm_backward") if not callable(getattr(obj, n, None))]
-    if missing:
-        raise TargetLoadError(f"{spec!r} lacks {' and '.join(missing)}, which the numpy-cs231n kind needs")
+    if not callable(getattr(obj, "batchnorm_forward", None)):
+        also = "" if callable(getattr(obj, "batchnorm_backward", None)) else " and batchnorm_backward"
+        raise TargetLoadError(f"{spec!r} lacks batchnorm_forward{also}; the numpy-cs231n kind needs batchnorm_forward "
+                              "(batchnorm_backward and the spatial functions are optional)")
 
 
 def make_target(obj: Any, kind: str, spec: str, name: str, convention: Any) -> Any:
@@ -70,6 +74,12 @@ def _reference_target() -> Any:
     return reference_target()
 
 
+def _preflight(target: Any, device: str) -> list[Any]:
+    from bnverify import preflight
+
+    return preflight.batchnorm(target, device)
+
+
 def _fingerprint(target: Any, device: str, as_json: bool) -> str:
     from bnverify.fingerprint import fingerprint
 
@@ -83,8 +93,8 @@ FAMILY = Family(
     kinds=(
         Kind("torch-module", "an nn.Module class with torch.nn.BatchNorm2d's constructor",
              _is_module_class, _validate_module),
-        Kind("numpy-cs231n", "a module with batchnorm_forward(x, gamma, beta, bn_param) and "
-             "batchnorm_backward(dout, cache)", _is_cs231n, _validate_cs231n),
+        Kind("numpy-cs231n", "a module with batchnorm_forward(x, gamma, beta, bn_param) and optionally "
+             "batchnorm_backward(dout, cache) and spatial_batchnorm_forward/backward", _is_cs231n, _validate_cs231n),
         Kind("torch-functional", "a function with torch.nn.functional.batch_norm's signature",
              _is_functional, _validate_functional),
     ),
@@ -102,4 +112,5 @@ FAMILY = Family(
     default_conventions={"numpy-cs231n": "cs231n"},
     aliases={"torch": _torch_target, "reference": _reference_target},
     fingerprint=_fingerprint,
+    preflight=_preflight,
 )

@@ -81,6 +81,12 @@ def make_target(obj: Any, kind: str, spec: str, name: str, convention: Any) -> D
     return DropoutTarget(name=name, kind=kind, obj=obj, spec=spec, convention=convention)
 
 
+def _preflight(target: Any, device: str) -> list[Any]:
+    from bnverify import preflight
+
+    return preflight.dropout(target, device)
+
+
 FAMILY = Family(
     name="dropout",
     title="dropout",
@@ -90,4 +96,5 @@ FAMILY = Family(
     conventions=dict(CONVENTIONS),
     convention_aliases={"torch": "inverted", "keras": "inverted", "flax": "inverted", "cs231n": "inverted"},
     make_target=make_target,
+    preflight=_preflight,
 )
