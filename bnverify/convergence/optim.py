@@ -86,7 +86,7 @@ class ReferenceOptimizer(torch.optim.Optimizer):
         super().__init__(params, dict(hp))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
