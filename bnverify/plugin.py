@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -400,6 +401,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         data["message"] = f"{report.wasxfail}\n{_message_of(call.excinfo.value)}".strip()
     elif report.skipped and "message" not in data and call.excinfo is not None:
         data["message"] = str(getattr(call.excinfo.value, "msg", call.excinfo.value))
+    if report.failed and data.get("message"):  # the table shows the ratio of the example the detail reports
+        reported = _reported_ratio(str(data["message"]))
+        if reported is not None:
+            data["worst_ratio"] = reported
+    if report.failed and call.excinfo is not None and _is_verdict(call.excinfo.value) and data.get("message"):
+        path, lineno, _ = item.location
+        reproduce = f"{_reproduce(item.config.stash[TARGET_KEY])} --suite {suite} --seed {item.config.getoption('bn_seed')}"
+        report.longrepr = _CheckRepr(f"{data['message']}\nreproduce: {reproduce}", (path, (lineno or 0) + 1))  # type: ignore[assignment]
     target = item.config.stash.get(TARGET_KEY, None)
     if target is not None and call.when == "call":  # JUnit reads them from the teardown report, so on the item
         from bnverify.gating import junit_properties
@@ -407,6 +416,47 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         item.user_properties[:] = [(k, v) for k, v in item.user_properties if not str(k).startswith("bnverify.")]
         item.user_properties += junit_properties(data, target, _reproduce(target))
     report.user_properties = list(item.user_properties)
+
+
+_RATIO_IN_REPORT = re.compile(r"= ([0-9.]+(?:e[+-]?[0-9]+)?|inf) x tolerance")
+
+
+def _reported_ratio(message: str) -> float | None:
+    """The largest ``= R x tolerance`` of a failure report: the worst ratio of the example it reports."""
+    found = [float(m) for m in _RATIO_IN_REPORT.findall(message)]
+    return max(found) if found else None
+
+
+class _CheckRepr:
+    """A failed check as pytest shows it: bnverify's report, not its internals (``--tb`` styles alike).
+
+    JUnit's failure ``message`` comes from ``reprcrash.message``: the report's first line and its
+    likely cause, where there is one.
+    """
+
+    def __init__(self, text: str, where: tuple[str, int]) -> None:
+        from _pytest._code.code import ReprFileLocation
+
+        self.text = text
+        lines = text.strip().splitlines()
+        cause = next((ln.strip() for ln in lines if ln.strip().startswith("likely cause:")), "")
+        first = lines[0] if lines else ""
+        self.reprcrash = ReprFileLocation(where[0], where[1], first + (f" | {cause}" if cause else ""))
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _is_verdict(exc: BaseException) -> bool:
+    """A check's verdict (CheckFailure, TargetError), or a group of them (hypothesis's multiple failures)."""
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        return all(_is_verdict(e) for e in inner)
+    return isinstance(exc, AssertionError) and type(exc).__module__.startswith("bnverify")
 
 
 def _message_of(exc: BaseException) -> str:
@@ -430,9 +480,17 @@ class _Reporter:
         self.t0 = time.perf_counter()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """Open the tracking store in a helper process while the checks run (controller only)."""
+        """Say what runs, with the seed, before anything else; open the tracking store early (controller only)."""
         config = self.config
-        if hasattr(config, "workerinput") or config.getoption("bn_no_tracking"):
+        if hasattr(config, "workerinput"):
+            return
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None and config.getoption("no_header", default=False):  # the CLI: no pytest header
+            target = config.stash[TARGET_KEY]
+            tr.write_line(f"bnverify: checking {target.spec} ({target.family.title}, kind {target.kind}, convention "
+                          f"{target.convention.name}), seed {config.getoption('bn_seed')}; reproduce: "
+                          f"{_reproduce(target)} --seed {config.getoption('bn_seed')}")
+        if config.getoption("bn_no_tracking"):
             return
         from bnverify import tracking
 

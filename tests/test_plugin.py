@@ -65,3 +65,31 @@ def test_same_verdict_as_the_cli(pytester):
                                 "--bn-max-examples", "3", "--bn-no-tracking", "-k", "forward_train and rank2")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "training-mode output differs from the float64 reference" in result.stdout.str()
+
+
+def test_a_failed_check_shows_bnverifys_report_not_its_internals(pytester):
+    """pytest prints the check's report and reproduce line; JUnit's message is its first line and likely cause."""
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    pytester.syspathinsert(str(repo))
+    xml = pytester.path / "j.xml"
+    result = pytester.runpytest("--pyargs", "bnverify.suites", "--bn-no-tracking", "--bn-seed", "3",
+                                "--bn-target", "tests.gallery.buggy_modules:UnbiasedVarianceBatchNorm",
+                                "--bn-suite", "forward", "--bn-max-examples", "5", "-k", "rank2-float32",
+                                f"--junitxml={xml}")
+    out = result.stdout.str()
+    assert "likely cause: the output matches normalisation by the unbiased (m-1) variance" in out
+    assert "reproduce: bnverify check tests.gallery.buggy_modules:UnbiasedVarianceBatchNorm --suite forward" in out
+    assert "BNTarget(" not in out and "def test_forward_train" not in out  # no reprs, no harness source
+    message = ET.parse(xml).getroot().find(".//failure").get("message")
+    assert message.startswith("training-mode output differs") and "| likely cause:" in message
+
+
+def test_the_table_shows_the_ratio_of_the_reported_example():
+    from bnverify.plugin import _reported_ratio
+
+    assert _reported_ratio("dx: |error| 2 = 5.33 x tolerance 0.1\n  dgamma ... = 1.2e+03 x tolerance") == 1200.0
+    assert _reported_ratio("got nan, |error| nan = inf x tolerance 2e-06") == float("inf")
+    assert _reported_ratio("no ratio here") is None
