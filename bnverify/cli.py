@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import NoReturn, Sequence
 
 from bnverify import options
@@ -101,7 +102,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from bnverify.runner import run_pytest
 
-    code, summary = run_pytest(pytest_args(args))
+    # Nothing but the tracking store the user asked for lands in their directory: hypothesis's and
+    # pytest-benchmark's working files go to a scratch folder that is removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="bnverify-") as scratch:
+        os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(scratch, "hypothesis"))
+        code, summary = run_pytest([*pytest_args(args), "--benchmark-storage",
+                                    "file://" + os.path.join(scratch, "benchmarks")])
     if code == pytest.ExitCode.USAGE_ERROR or code == pytest.ExitCode.INTERNAL_ERROR:
         return EXIT_USAGE
     if summary is None:

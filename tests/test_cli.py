@@ -138,3 +138,14 @@ def test_failed_checks_of_a_crashing_target_are_still_logged(tmp_path, monkeypat
     passes = {k: v for k, v in parents[0].data.metrics.items() if k.endswith(".pass") and "/" in k}
     assert len(passes) == len([r for r in summary.results if r.outcome in ("passed", "failed")])
     assert passes and all(v == 0.0 for v in passes.values())
+
+
+def test_a_check_leaves_nothing_but_the_store_in_the_users_directory(tmp_path):
+    exe = Path(sys.executable).with_name("bnverify")
+    env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}
+    env["PYTHONPATH"] = ""
+    proc = subprocess.run([str(exe), "check", "torch", "--suite", "forward", "--max-examples", "2", "--no-tracking"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert proc.stdout.startswith("bnverify: checking torch (batch norm, kind torch-module, convention torch), seed ")
