@@ -28,14 +28,13 @@ cores, and the report sees only its own process's cases.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
 import torch
 
-from bnverify.adapter import BNConfig, TargetError
-from bnverify.bench import env, gate, ops, report, roofline, timers
+from bnverify.adapter import BNConfig, NotSupported, TargetError
+from bnverify.bench import env, gate, grid, ops, report, roofline, timers
 from bnverify.compare import CheckFailure
 from bnverify.instances import instance, require_rank
 from bnverify.target import summarise_exception
@@ -43,42 +42,15 @@ from bnverify.target import summarise_exception
 pytestmark = [pytest.mark.bnverify_suite("bench"), pytest.mark.bnverify_tier("full")]
 
 
-@dataclass(frozen=True)
-class BenchCase:
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def id(self) -> str:
-        return f"{report.shape_text(self.shape)}-{report.dtype_name(self.dtype)}"
-
-
-CPU_GRID = (
-    BenchCase((64, 64, 32, 32), torch.float32),
-    BenchCase((32, 32, 16, 16), torch.float32),
-    BenchCase((4096, 256), torch.float32),
-)
-GPU_GRID = CPU_GRID + (
-    BenchCase((256, 64, 56, 56), torch.float16),
-    BenchCase((256, 64, 56, 56), torch.float32),
-)
-CPU_POLICY = timers.Policy(max_noise=0.02, min_rounds=10, max_rounds=200, budget_s=1.0, warmup_rounds=2)
-GPU_POLICY = timers.Policy(max_noise=0.02, min_rounds=20, max_rounds=1000, budget_s=2.0, warmup_rounds=5,
-                           check_every=10)
-
 RESULTS_KEY = pytest.StashKey[list]()
-
-
-def _is_cuda(device: str) -> bool:
-    return device.startswith("cuda")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The grid depends on ``--bn-device``: GPU runs add the large shapes and float16."""
     if "bench_case" in metafunc.fixturenames:
         device = str(metafunc.config.getoption("bn_device", default="cpu") or "cpu")
-        grid = GPU_GRID if _is_cuda(device) else CPU_GRID
-        metafunc.parametrize("bench_case", grid, ids=[c.id for c in grid])
+        cases = grid.cases(device)
+        metafunc.parametrize("bench_case", cases, ids=[c.id for c in cases])
 
 
 _NATIVE: list[Any] = []
@@ -107,8 +79,9 @@ def _guarded(target: Any, fn: Callable[[], Any], budget_s: float) -> Any:
     return target.watchdog.run(fn, timeout + 10 * budget_s)
 
 
-def _bench(op: str, target: Any, device: str, check: Any, request: pytest.FixtureRequest, case: BenchCase) -> None:
-    cuda = _is_cuda(device)
+def _bench(op: str, target: Any, device: str, check: Any, request: pytest.FixtureRequest,
+           case: grid.BenchCase) -> None:
+    cuda = grid.is_cuda(device)
     if cuda:
         why = timers.cuda_unavailable_reason(device)
         if why is not None:
@@ -128,6 +101,8 @@ def _bench(op: str, target: Any, device: str, check: Any, request: pytest.Fixtur
     where = f"{roofline.OP_TITLES[op]} on {report.shape_text(case.shape)} {report.dtype_name(case.dtype)}"
     try:
         ops.validate(inst, op, x, dy)
+    except NotSupported as exc:
+        pytest.skip(str(exc))
     except TargetError as exc:
         raise CheckFailure(f"{where}: {exc}\n  a bench check fails only when the target crashes, hangs or "
                            "returns a wrong shape; nothing was timed") from None
@@ -135,7 +110,7 @@ def _bench(op: str, target: Any, device: str, check: Any, request: pytest.Fixtur
     t_arm, grads = ops.op_arm(inst, op, x, dy, report.TARGET)
     n_arm, _ = ops.op_arm(native, op, x, dy, report.NATIVE)
     arms = [ops.copy_arm(x, report.COPY), n_arm, t_arm]  # the target last: pytest-benchmark's own rounds
-    policy = GPU_POLICY if cuda else CPU_POLICY
+    policy = grid.policy(device)
     bench = None if cuda else _benchmark_fixture(request)
     if cuda:
         measure: Callable[[], timers.Timing] = lambda: timers.measure_cuda(arms, policy, device=device)
@@ -150,7 +125,8 @@ def _bench(op: str, target: Any, device: str, check: Any, request: pytest.Fixtur
         if exc.arm != report.TARGET:
             raise
         cause = exc.__cause__ if exc.__cause__ is not None else exc
-        raise CheckFailure(f"{where}: {target.name} raised while being timed (round {exc.round}): "
+        when = f"round {exc.round + 1}" if exc.round >= 0 else f"warm-up round {-exc.round}"
+        raise CheckFailure(f"{where}: {target.name} raised while being timed ({when}): "
                            f"{summarise_exception(cause)}") from None
     result = report.BenchResult(op=op, shape=case.shape, dtype=case.dtype, device=device, samples=timing.samples,
                                 method=timing.method, stop_reason=timing.stop_reason, flush_bytes=timing.flush_bytes,

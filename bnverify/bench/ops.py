@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from bnverify.adapter import BNInstance, Cs231nInstance, TorchFunctionalInstance, TorchModuleInstance
+from bnverify.adapter import BNInstance, Cs231nInstance, NotSupported, TorchFunctionalInstance, TorchModuleInstance
 from bnverify.bench.roofline import OPS
 from bnverify.bench.timers import Arm
 
@@ -142,6 +142,9 @@ def _cs231n_arm(inst: Cs231nInstance, op: str, x: torch.Tensor, dy: torch.Tensor
         return Arm(name, lambda: inst.fwd(xn, inst.gamma, inst.beta, p), prepare=mode("train"))
     if op == "forward_eval":
         return Arm(name, lambda: inst.fwd(xn, inst.gamma, inst.beta, p), prepare=mode("test"))
+    bwd = getattr(inst, "bwd", None)
+    if bwd is None:
+        raise NotSupported(f"{inst.target.name} has no batchnorm_backward: nothing to time for {op}")
     if op == "backward":
         held: dict[str, Any] = {}
 
@@ -149,11 +152,11 @@ def _cs231n_arm(inst: Cs231nInstance, op: str, x: torch.Tensor, dy: torch.Tensor
             p["mode"] = "train"
             held["cache"] = inst.fwd(xn, inst.gamma, inst.beta, p)[1]
 
-        return Arm(name, lambda: inst.bwd(dn, held.pop("cache")), prepare=prepare)
+        return Arm(name, lambda: bwd(dn, held.pop("cache")), prepare=prepare)
 
     def step() -> Any:
         _, cache = inst.fwd(xn, inst.gamma, inst.beta, p)
-        return inst.bwd(dn, cache)
+        return bwd(dn, cache)
 
     return Arm(name, step, prepare=mode("train"))
 
@@ -173,7 +176,8 @@ def _adapter_arm(inst: BNInstance, op: str, x: torch.Tensor, dy: torch.Tensor, n
 
 
 def validate(inst: BNInstance, op: str, x: torch.Tensor, dy: torch.Tensor) -> None:
-    """Run ``op`` once through the adapter: a crash, a hang or a wrong shape raises ``TargetError``."""
+    """Run ``op`` once through the adapter: a crash, a hang or a wrong shape raises ``TargetError``;
+    an operation the target does not offer (a numpy module without a backward) ``NotSupported``."""
     from bnverify.adapter import TargetError
 
     if op == "forward_eval":
