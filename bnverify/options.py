@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     import pytest
 
 
+DEFAULT_SEED = 0
+"""The hypothesis seed when none is given: a fixed one, so runs compare equal; ``--seed random`` explores."""
+
+
+def _seed(text: str) -> int | str:
+    if text == "random":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'random', got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: ``--NAME`` on ``bnverify check``, ``--bn-NAME`` in pytest (``dest`` ``bn_NAME``)."""
@@ -73,7 +86,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("suite", "run only these suites (repeatable): " + ", ".join(families.all_suites()),
            repeat=True, metavar="NAME", choices=families.all_suites),
     Option("device", "device for inputs and modules: cpu or cuda[:N]", default="cpu"),
-    Option("seed", "seed for every hypothesis test (printed in the header; default: random)", type=int),
+    Option("seed", f"seed for every hypothesis test, or 'random' (printed at the start; default {DEFAULT_SEED}, so two "
+           "runs of an unchanged target draw the same cases and compare equal)", type=_seed, metavar="N|random"),
     Option("max-examples", "hypothesis examples per check (default by tier)", type=int),
     Option("no-shrink", "report the first failing example instead of shrinking it to a minimal one (faster)",
            flag=True),

@@ -88,11 +88,15 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     """Fix the hypothesis seed before hypothesis's own ``pytest_configure`` reads it."""
     if (config.getoption("bn_target") or os.environ.get("BNVERIFY_TARGET")) is None:
         return
+    from bnverify.options import DEFAULT_SEED
+
     seed = config.getoption("bn_seed")
     given = config.getoption("hypothesis_seed", default=None)
     if given is not None:
         seed = int(given)
     if seed is None:
+        seed = DEFAULT_SEED
+    elif seed == "random":
         seed = random.SystemRandom().randrange(2**31)
     config.option.bn_seed = seed
     config.option.hypothesis_seed = str(seed)
