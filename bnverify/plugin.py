@@ -412,7 +412,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if report.failed and call.excinfo is not None and _is_verdict(call.excinfo.value) and data.get("message"):
         path, lineno, _ = item.location
         reproduce = f"{_reproduce(item.config.stash[TARGET_KEY])} --suite {suite} --seed {item.config.getoption('bn_seed')}"
-        report.longrepr = _CheckRepr(f"{data['message']}\nreproduce: {reproduce}", (path, (lineno or 0) + 1))  # type: ignore[assignment]
+        report.longrepr = _CheckRepr(f"{data['message']}\nreproduce: {reproduce}", (path, (lineno or 0) + 1))
     target = item.config.stash.get(TARGET_KEY, None)
     if target is not None and call.when == "call":  # JUnit reads them from the teardown report, so on the item
         from bnverify.gating import junit_properties
@@ -640,7 +640,7 @@ class _Reporter:
 
             uri = resolve_tracking_uri(self.config.getoption("bn_tracking_uri"))
             link = f"run `{outcome.run_id}` in `{_redacted(uri)}`"
-        elif outcome is not None and getattr(outcome, "message", ""):
+        elif outcome is not None and str(getattr(outcome, "message", "")):
             link = outcome.message
         text = gating.markdown_summary(summary, fingerprint=fingerprint, run_link=link,
                                        unmatched=[u for u in unmatched])
