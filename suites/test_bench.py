@@ -131,7 +131,7 @@ def _bench(op: str, target: Any, device: str, check: Any, request: pytest.Fixtur
     result = report.BenchResult(op=op, shape=case.shape, dtype=case.dtype, device=device, samples=timing.samples,
                                 method=timing.method, stop_reason=timing.stop_reason, flush_bytes=timing.flush_bytes,
                                 extra={"flush": flush_note, "wall_s": timing.wall_s, "notes": timing.notes,
-                                       "torch_threads": torch.get_num_threads()})
+                                       "torch_threads": torch.get_num_threads(), **env.load()})
     if cuda and op != "backward":  # do_bench has no per-call setup: a backward would need a fresh graph each call
         if t_arm.prepare is not None:
             t_arm.prepare()

@@ -181,6 +181,16 @@ def test_median_interval_and_iqr():
     assert math.isinf(s5.rel_noise)
 
 
+def test_low_tail_by_hand():
+    """Mean and standard error of log t over the fastest tenth (at least 3): the undisturbed mode."""
+    fast = [math.exp(0.0), math.exp(0.1), math.exp(0.2)]
+    mean, se, k = stats.low_tail(fast + [math.exp(5.0)] * 27)  # 30 samples: the fastest 3
+    assert (k, mean, se) == (3, pytest.approx(0.1), pytest.approx(0.1 / math.sqrt(3)))
+    mean, se, k = stats.low_tail(fast * 20)  # 60 samples: the fastest 6, all of them e^0
+    assert (k, mean, se) == (6, 0.0, 0.0)
+    assert math.isinf(stats.low_tail([1.0, 2.0])[1])
+
+
 def test_table_and_plot(tmp_path):
     rs = [_result(), _result(op="backward", shape=(64, 8))]
     text = report.table(rs)
@@ -365,7 +375,7 @@ def test_gate_fails_a_2x_slowdown_and_passes_noise():
     base = _timed(rng, 40, 1e-3, 1.0)
     slow = gate.decide(_timed(rng, 40, 1e-3, 2.0), base)
     assert slow.regressed and slow.change == pytest.approx(math.log(2), abs=0.03)
-    assert "time relative to native" in slow.text() and "threshold +15.0% (max of 3 x noise" in slow.text()
+    assert "time relative to native" in slow.text() and "threshold +25.0% (max of 3 x noise" in slow.text()
     noise = gate.decide(_timed(rng, 40, 1e-3, 1.03), base)
     assert not noise.regressed and noise.decided
     # the whole machine 1.5x slower: native slows too, the ratio does not move
@@ -379,14 +389,30 @@ def test_gate_threshold_is_the_larger_of_noise_and_floor():
     from bnverify import tolerances as tols
 
     d = gate.Decision(key=("backward", (2, 3), "float32"), rho_now=0.1, rho_base=0.0, se_now=0.03, se_base=0.04,
-                      absolute_change=0.1)
+                      absolute_change=0.1, rounds=(20, 20))
     assert d.se == pytest.approx(0.05)
     assert d.threshold == pytest.approx(max(tols.PERF_GATE_Z * 0.05, math.log1p(tols.PERF_GATE_MIN_SLOWDOWN)))
-    assert not d.regressed  # 0.1 < 3 x 0.05
-    quiet = gate.Decision(key=d.key, rho_now=0.1, rho_base=0.0, se_now=0.001, se_base=0.001, absolute_change=0.1)
+    assert d.decided and not d.regressed  # 0.1 < 3 x 0.05
+    quiet = gate.Decision(key=d.key, rho_now=0.1, rho_base=0.0, se_now=0.001, se_base=0.001, absolute_change=0.1,
+                          rounds=(20, 20))
     assert quiet.threshold == pytest.approx(math.log1p(tols.PERF_GATE_MIN_SLOWDOWN)) and not quiet.regressed
+    big = gate.Decision(key=d.key, rho_now=0.3, rho_base=0.0, se_now=0.001, se_base=0.001, absolute_change=0.3,
+                        rounds=(20, 20))
+    assert big.regressed  # 0.3 > log(1.25) = 0.223
+    busy = gate.Decision(key=d.key, rho_now=0.3, rho_base=0.0, se_now=0.001, se_base=0.001, absolute_change=0.3,
+                         rounds=(20, 5))
+    assert not busy.decided and not busy.regressed
     few = gate.decide(_timed(np.random.default_rng(1), 4, 1e-3, 3.0), _timed(np.random.default_rng(2), 4, 1e-3, 1.0))
     assert not few.decided and not few.regressed and "undecided" in few.text()
+
+
+def test_gate_says_when_a_machine_was_busy():
+    rng = np.random.default_rng(3)
+    now, base = _timed(rng, 30, 1e-3, 1.0), _timed(rng, 30, 1e-3, 1.0)
+    now.extra.update(load_average=7.0, cpu_count=2)
+    d = gate.decide(now, base)
+    assert "this run: load average 7.0 on 2 cores" in d.text() and "decide on a quiet machine" in d.text()
+    assert gate.decide(base, base).loaded == ""
 
 
 def test_gate_matches_target_and_device(tmp_path):

@@ -60,6 +60,15 @@ def clocks(device: str) -> dict[str, Any]:
     return _nvidia_smi(dev.index if dev.index is not None else torch.cuda.current_device())
 
 
+def load() -> dict[str, Any]:
+    """The 1-minute load average and the cores: a busier machine than its cores times unreliably."""
+    try:
+        avg = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return {"cpu_count": os.cpu_count()}
+    return {"load_average": round(avg, 2), "cpu_count": os.cpu_count()}
+
+
 def details(device: str) -> dict[str, Any]:
     """Device, versions and settings a timing depends on."""
     import numpy
@@ -68,7 +77,7 @@ def details(device: str) -> dict[str, Any]:
         "device": device, "device_name": device_name(device),
         "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-        "host": platform.node(),
+        "host": platform.node(), **load(),
     }
     try:
         import pytest_benchmark
