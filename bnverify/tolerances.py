@@ -878,6 +878,10 @@ points beyond 2.33 sd, both emptied by the classic bound and truncation mistakes
 INIT_SUPPORT_ULPS = 4
 """float32 ulps of slack on a bounded law's support (relative), for the rounding of the bound."""
 
+INIT_SUPPORT_COUNT = 20
+"""A failure's explanation tells a law from the claimed one by support alone when one of them puts more
+than this many of the n samples where the other has none (a Poisson count of 20 is never 0: e^-20)."""
+
 # Six-layer study (suite ``init-study``, seed 001).  The verdict compares, per layer and nonlinearity,
 # the target's mean over INIT_STUDY_SEEDS seeds of log(std of the layer's activations) with the
 # reference's mean over the same seeds.  The band is the reference's own measured seed-to-seed spread

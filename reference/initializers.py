@@ -138,7 +138,11 @@ class Law:
             return np.asarray(ndtr((x - self.loc) / self.scale))
         if self.family == "uniform":
             return np.clip((x - self.loc + self.scale) / (2 * self.scale), 0.0, 1.0)
-        return np.asarray(self.dist.cdf(x))
+        from scipy.special import ndtr
+
+        lo, hi = ndtr((self.low - self.loc) / self.scale), ndtr((self.high - self.loc) / self.scale)
+        z = ndtr((np.clip(x, self.low, self.high) - self.loc) / self.scale)
+        return np.asarray((z - lo) / (hi - lo))
 
     def scaled(self, factor: float, note: str = "") -> Law:
         """The law of ``loc + factor (x - loc)``."""

@@ -157,6 +157,29 @@ class InitTarget(Target):
 
         return self.call(what, run)
 
+    def fill_many(self, make: Any, calls: int, **kwargs: Any) -> list[tuple[Any, Any]]:
+        """``calls`` fills of fresh tensors ``make()`` in one guarded call (one watchdog for the batch):
+        ``[(tensor passed, value returned)]``.  Warnings are recorded and dropped (``fill`` reports them)."""
+        import warnings
+
+        probe = make()
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        what = (f"{self.name}(tensor {tuple(probe.shape)} {str(probe.dtype).replace('torch.', '')}"
+                f"{', ' + shown if shown else ''}) [{calls} calls]")
+
+        def run() -> list[tuple[Any, Any]]:
+            out = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = probe
+                for i in range(calls):
+                    if i:
+                        t = make()
+                    out.append((t, self.obj(t, **kwargs)))
+            return out
+
+        return self.call(what, run)
+
     def law(self, shape: tuple[int, ...], convention: InitConvention | None = None, **kwargs: Any) -> Any:
         """The law the reference draws from for a tensor of ``shape`` under ``convention`` (default: the target's)."""
         from bnverify.reference import initializers as ref
@@ -195,10 +218,6 @@ def hypotheses(reference: str, shape: tuple[int, ...], kwargs: dict[str, Any], c
         if lw is not None:
             hs.append(Hypothesis(label, lw, hint))
 
-    for other in CONVENTIONS.values():
-        if other.aspects != conv.aspects:
-            add(f"the {other.title} convention ({other.describe()})", law(layout=other.layout,
-                normal_distribution=other.normal), f"pass --convention {other.name}")
     if reference in FAN_BASED:
         fi, fo = ref.fans(shape, conv.layout)
         other_layout = "keras" if conv.layout == "torch" else "torch"
@@ -279,6 +298,10 @@ def hypotheses(reference: str, shape: tuple[int, ...], kwargs: dict[str, Any], c
         add("not truncated: N(mean, std^2)", ref.normal(mean, std))
         if mean:
             add("mean ignored", ref.trunc_normal(0.0, std, a, b))
+    for other in CONVENTIONS.values():
+        if other.aspects != conv.aspects:
+            add(f"the {other.title} convention ({other.describe()})", law(layout=other.layout,
+                normal_distribution=other.normal), f"pass --convention {other.name}")
     return hs
 
 
