@@ -89,10 +89,11 @@ class CrashAfterCallsBatchNorm(_AnyRank):
         return super().forward(x)
 
 
-class TwiceForwardBatchNorm(_AnyRank):
-    """Correct, and twice as slow as torch's in forward: it computes everything twice."""
+class ThriceForwardBatchNorm(_AnyRank):
+    """Correct, and about three times as slow as torch's in forward: it computes everything three times."""
 
     def forward(self, x):
+        super().forward(x)
         super().forward(x)
         return super().forward(x)
 
@@ -411,8 +412,11 @@ def test_gate_says_when_a_machine_was_busy():
     now, base = _timed(rng, 30, 1e-3, 1.0), _timed(rng, 30, 1e-3, 1.0)
     now.extra.update(load_average=7.0, cpu_count=2)
     d = gate.decide(now, base)
-    assert "this run: load average 7.0 on 2 cores" in d.text() and "decide on a quiet machine" in d.text()
-    assert gate.decide(base, base).loaded == ""
+    assert d.loaded == "this run: load average 7.0 on 2 cores" and d.floor == 0.75
+    assert d.threshold == pytest.approx(max(3 * d.se, math.log(1.75))) and "on a busy machine" in d.text()
+    assert "judge smaller ones on a quiet machine" in gate.GateReport("b.json", [d], []).text()
+    quiet = gate.decide(base, base)
+    assert quiet.loaded == "" and quiet.floor == 0.25
 
 
 def test_gate_matches_target_and_device(tmp_path):
@@ -514,7 +518,7 @@ def _baseline(res, tmp_path, name, *, target=None, scale_target=1.0):
 
 def test_perf_gate_end_to_end(small_grid, tmp_path, monkeypatch):
     """Against its own earlier run torch passes; against a baseline twice as fast, or as a target that
-    computes its forward twice, the report fails and names the slowed cases."""
+    computes its forward three times, the report fails and names the slowed cases."""
     monkeypatch.setattr(grid, "CPU_POLICY", GATE_POLICY)
     code, first = run_bench("torch", "-k", "forward_train or report")
     assert code == 0
@@ -530,7 +534,7 @@ def test_perf_gate_end_to_end(small_grid, tmp_path, monkeypatch):
     assert code == 1 and rep.outcome == "failed"
     assert "slower than the baseline beyond the noise" in rep.message and "forward_train 8x4x4x4" in rep.message
 
-    slow = "tests.test_bench:TwiceForwardBatchNorm"
+    slow = "tests.test_bench:ThriceForwardBatchNorm"
     monkeypatch.setenv(gate.BASELINE_ENV, str(_baseline(first, tmp_path, "torch-as-slow.json", target=slow)))
     code, res = run_bench(slow, "-k", "forward_train or report")
     rep = res["test_bench_report"]

@@ -60,7 +60,7 @@ CAUGHT_ELSEWHERE = {
     "test_bench_backward": "tests/test_bench.py (CrashInBackwardBatchNorm)",
     "test_bench_train_step": "tests/test_bench.py (CrashInBackwardBatchNorm)",
     "test_bench_forward_eval": "tests/test_bench.py (CrashAfterCallsBatchNorm: a crash only timing reaches)",
-    "test_bench_report": "tests/test_bench.py (a 2x slowdown against a baseline: TwiceForwardBatchNorm)",
+    "test_bench_report": "tests/test_bench.py (a 2x slowdown against a baseline; ThriceForwardBatchNorm)",
     "test_optim_convergence": "tests/test_optim_convergence.py (SGDMomentumOutOfPlace)",
     "test_law": "tests/test_init.py (kaiming_normal_std_as_variance_, xavier_normal_fan_in_only_)",
     "test_fan_axes": "tests/test_init.py (kaiming_normal_in_out_layout_, kaiming_uniform_fans_unpacked_swapped_)",

@@ -19,9 +19,10 @@ What is compared
     host-timed calls on a shared machine are bimodal (undisturbed, or preempted for a
     scheduler slice), and the median jumps between the modes with the load: on the 2-core
     development machine the reference's 32x32x16x16 training step read 8.4x native by medians
-    in one run and 3.5x in the next, 3.55x and 3.42x by fastest tenths.  On a GPU (event
-    timing, no preemption) the fastest tenth and the median agree to within the noise.  The
-    absolute change of the target's median is reported beside it.
+    in one run and 3.5x in the next, 3.55x and 3.42x by fastest tenths.  GPU event timings have
+    no preemption, and there the fastest tenth is simply a low quantile of a tight distribution;
+    one statistic keeps one gate.  The absolute change of the target's median is reported beside
+    it.
 
 The noise of one run
     ``se(L) = sd / sqrt(k)`` over the ``k`` fastest log-times (``stats.low_tail``: an
@@ -32,19 +33,21 @@ The threshold
     Two independent runs: ``D = rho_now - rho_baseline`` has standard error
     ``se_D = sqrt(se_now^2 + se_baseline^2)``.  The run fails when::
 
-        D > max(PERF_GATE_Z * se_D, log(1 + PERF_GATE_MIN_SLOWDOWN))
+        D > max(PERF_GATE_Z * se_D, log(1 + floor))
 
     ``PERF_GATE_Z = 3`` (one-sided): with normal errors a false alarm has probability 0.13% per
-    case, about 2% over the 12 cases of a CPU run.  The floor ``PERF_GATE_MIN_SLOWDOWN`` = 25%
-    covers what one run cannot see of itself: the ratio to native moves between runs by more
-    than the within-run error.  Measured with the reference target, two back-to-back runs of
-    the CPU grid on the 2-core development machine while other jobs kept its load average near
-    7: |D| below 0.06 for 8 of the 12 cases, with 3 se_D of 0.02-0.31; but 0.16, 0.40 and 0.52
-    for three cases with 10-36 rounds, each beyond 3 se_D.  On a machine that busy no
-    threshold both catches real regressions and never cries wolf, so the report says when
-    either run's load average exceeded its cores, and the floor is set where a real slowdown
-    (a lost fused path, a kernel that runs twice: ``D >= 0.4``) still fails: 25% (``D > 0.22``).
-    A 2x slowdown (``D = 0.69``) fails whenever ``se_D < 0.23``; a change within the floor passes.
+    case, about 2% over the 12 cases of a CPU run.  The floor covers what one run cannot see of
+    itself: the ratio to native moves between runs by more than the within-run error (memory
+    bandwidth taken by other jobs slows a many-pass target more than a one-pass native; fewer
+    undisturbed calls in a busy period).  Measured with the reference target, two pairs of
+    back-to-back runs of the CPU grid on the 2-core development machine while other jobs kept its
+    load average at 5-7: cases with 100-200 rounds moved by |D| < 0.06; cases with 10-40 rounds
+    (the large shapes, where the reference takes 15-200 ms a call) by up to 0.35 upwards and 0.52
+    downwards, beyond 3 se_D.  So the floor depends on the machine: ``PERF_GATE_MIN_SLOWDOWN`` =
+    25% (``D > 0.22``) when both runs' load averages stayed within their cores, and
+    ``PERF_GATE_MIN_SLOWDOWN_BUSY`` = 75% (``D > 0.56``, above every change measured) when either
+    did -- the report then says so, and that only gross slowdowns are judged.  A 2x slowdown
+    (``D = 0.69``) fails on either machine whenever ``se_D < 0.23``.
     A case with fewer than ``PERF_GATE_MIN_ROUNDS`` rounds in either run is reported as
     undecided, never failed.  Only slowdowns fail: a speed-up is reported.
     Constants: ``bnverify.tolerances`` (perf gate section).
@@ -103,7 +106,7 @@ class Decision:
     rounds: tuple[int, int] = (0, 0)
     """Rounds of (now, baseline)."""
     loaded: str = ""
-    """Non-empty when either run's machine was busier than its cores (what the load averages were)."""
+    """Non-empty when either run's machine was busier than its cores (their load averages)."""
 
     @property
     def change(self) -> float:
@@ -115,8 +118,13 @@ class Decision:
         return math.hypot(self.se_now, self.se_base)
 
     @property
+    def floor(self) -> float:
+        """The smallest relative slowdown that fails: larger when either run's machine was busy."""
+        return tols.PERF_GATE_MIN_SLOWDOWN_BUSY if self.loaded else tols.PERF_GATE_MIN_SLOWDOWN
+
+    @property
     def threshold(self) -> float:
-        return max(tols.PERF_GATE_Z * self.se, math.log1p(tols.PERF_GATE_MIN_SLOWDOWN))
+        return max(tols.PERF_GATE_Z * self.se, math.log1p(self.floor))
 
     @property
     def decided(self) -> bool:
@@ -133,10 +141,10 @@ class Decision:
                f"vs baseline {math.exp(self.rho_base):.3f} ({pct(self.change)})"
         if not self.decided:
             return head + f"; undecided: {min(self.rounds)} rounds, the gate needs {tols.PERF_GATE_MIN_ROUNDS}"
-        text = (f"{head}, threshold {pct(self.threshold)} (max of {tols.PERF_GATE_Z:g} x noise "
-                f"{100 * self.se:.1f}% and floor {100 * tols.PERF_GATE_MIN_SLOWDOWN:.0f}%); "
+        busy = " on a busy machine" if self.loaded else ""
+        return (f"{head}, threshold {pct(self.threshold)} (max of {tols.PERF_GATE_Z:g} x noise "
+                f"{100 * self.se:.1f}% and floor {100 * self.floor:.0f}%{busy}); "
                 f"target median {100 * self.absolute_change:+.1f}% unnormalised")
-        return text + (f"; {self.loaded}" if self.loaded else "")
 
     def to_dict(self) -> dict[str, Any]:
         op, shape, dtype = self.key
@@ -165,8 +173,7 @@ def decide(now: BenchResult, base: BenchResult) -> Decision:
     r_base, se_base = _rho(base)
     t_now, t_base = now.summary().median, base.summary().median
     busy = [f"{who}: {w}" for who, w in (("this run", _load(now)), ("baseline", _load(base))) if w]
-    loaded = ("machine busier than its cores (" + "; ".join(busy) + "): run-to-run variation exceeds what "
-              "one run shows, decide on a quiet machine") if busy else ""
+    loaded = "; ".join(busy)
     return Decision(key=now.key(), rho_now=r_now, rho_base=r_base, se_now=se_now, se_base=se_base,
                     absolute_change=t_now / t_base - 1 if t_base > 0 else float("nan"),
                     rounds=(now.rounds, base.rounds), loaded=loaded)
@@ -188,6 +195,11 @@ class GateReport:
 
     def text(self) -> str:
         lines = [f"perf gate against {self.path}:"]
+        busy = sorted({d.loaded for d in self.decisions if d.loaded})
+        if busy:
+            lines.append(f"  note: a machine busier than its cores ({'; '.join(busy)}): run-to-run variation "
+                         f"exceeds what one run shows, so only slowdowns beyond "
+                         f"{100 * tols.PERF_GATE_MIN_SLOWDOWN_BUSY:.0f}% fail; judge smaller ones on a quiet machine")
         if self.mismatch:
             lines.append(f"  nothing compared: {self.mismatch}")
         for d in self.decisions:

@@ -20,9 +20,16 @@ numpy-cs231n target: ``batchnorm_forward``/``batchnorm_backward`` on numpy array
 of ``backward`` in ``prepare``).  Other instance types are timed through the adapter itself.
 
 ``x`` keeps one leaf tensor (``requires_grad``) across rounds; its ``.grad`` and the
-parameters' are set to None before each timed backward, so nothing accumulates.  ``copy_arm``
-is the roofline: ``torch.empty_like(x).copy_(x)``, which allocates its output as a batch norm
-does.
+parameters' are set to None before each timed backward, so nothing accumulates.
+
+``copy_arm`` is the roofline: ``out.copy_(x)`` into an ``out = torch.empty_like(x)`` allocated
+once.  A fresh ``torch.empty_like(x).copy_(x)`` per call was measured and rejected as a
+*bandwidth*: on the CPU torch has no caching allocator, and a 16 MiB allocation is often fresh
+memory from the kernel (glibc trims the heap above twice its mmap threshold), so the call was
+mostly page faults -- median 5.7 ms against 1.4 ms for the same copy into a kept buffer on the
+development machine (minimum 1.5 ms: the faults come and go).  The batch norms allocate their
+outputs as a layer does, and that cost stays in their times.  On a GPU the caching allocator
+makes the two forms the same.
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ from bnverify.bench.timers import Arm
 
 
 def copy_arm(x: torch.Tensor, name: str = "copy") -> Arm:
-    """The roofline arm: a copy of ``x`` into a fresh tensor (``2 E s`` bytes)."""
-    return Arm(name, lambda: torch.empty_like(x).copy_(x))
+    """The roofline arm: a copy of ``x`` into a tensor allocated once (``2 E s`` bytes)."""
+    out = torch.empty_like(x)
+    return Arm(name, lambda: out.copy_(x))
 
 
 def op_arm(inst: BNInstance, op: str, x: torch.Tensor, dy: torch.Tensor, name: str) -> tuple[Arm, list[torch.Tensor]]:

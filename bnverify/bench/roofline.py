@@ -2,7 +2,8 @@
 
 Batch norm does a handful of flops per element and is bound by memory traffic, so its
 yardstick is bandwidth: ``bytes / time``, against the bandwidth the same device reaches on a
-plain copy of the same size, measured in the same run (``copy_bandwidth``).  A device's
+plain copy of the same size into a kept buffer, measured in the same run (``copy_bandwidth``;
+``bnverify.bench.ops.copy_arm`` says why the buffer is kept).  A device's
 *specified* peak is not used: a copy of a tensor that size is the practical ceiling
 (STREAM-like copies reach ~90% of spec on current GPUs; on a shared CPU the spec is meaningless).
 
@@ -131,7 +132,7 @@ def gbps(nbytes: float, seconds: float) -> float:
 
 
 def copy_bandwidth(shape: Sequence[int], dtype: torch.dtype, copy_seconds: float) -> float:
-    """The roofline: GB/s of ``torch.empty_like(x).copy_(x)`` (``2 E s`` bytes) timed at ``copy_seconds``."""
+    """The roofline: GB/s of a copy of ``x`` (``out.copy_(x)``, ``2 E s`` bytes) timed at ``copy_seconds``."""
     return gbps(traffic("copy", shape, dtype).minimal, copy_seconds)
 
 
