@@ -22,9 +22,11 @@ CPU (``measure_cpu``)
     reached.  The garbage collector is off while timing (as in ``timeit``).
 
     The cache flushed on a CPU is the last-level one (twice its size written), when that is at
-    most ``CPU_FLUSH_CAP``.  A larger LLC (480 MiB on the 2-core development machine) is not
-    flushed at all, and the timings are warm, LLC-resident ones -- the copy roofline is timed
-    the same way, so the percent of roofline compares like with like.  Flushing only the private
+    most ``CPU_FLUSH_CAP``.  A larger LLC (480 MiB reported on the 2-core development machine, a
+    VM sharing it with its host) is not flushed at all: between calls only the other arms'
+    traffic evicts, and the copy roofline is timed the same way, so the percent of roofline
+    compares like with like.  (There, a 16 MiB copy runs at ~24 GB/s repeated alone and at
+    ~5 GB/s interleaved with batch norms: the reported LLC does not keep the data.)  Flushing only the private
     L2 there was tried and rejected: it leaves the data in the LLC and evicts the interpreter's
     and dispatcher's own working set instead, which adds ~0.15 ms of re-warming to every call
     (a target doing twice the work of torch's timed at 1.1x torch on small shapes).
@@ -190,8 +192,8 @@ def cpu_flush_plan(sizes: dict[str, int] | None = None) -> tuple[int, str]:
     llc = sizes[llc_level]
     if 2 * llc <= CPU_FLUSH_CAP:
         return 2 * llc, f"{llc_level} ({llc >> 20} MiB) flushed: {2 * llc >> 20} MiB written"
-    return 0, (f"no flush: the {llc_level} of {llc >> 20} MiB is too large to flush per call; warm-cache "
-               f"timings, data below {llc >> 20} MiB timed from the {llc_level}, as is the copy roofline")
+    return 0, (f"no flush: the {llc_level} of {llc >> 20} MiB (as reported) is too large to flush per call; "
+               "between calls the other arms' traffic is all that evicts, and the copy roofline is timed the same way")
 
 
 def make_cpu_flush(nbytes: int) -> Callable[[], None]:
