@@ -5,6 +5,7 @@ sweep (every correct initialiser x 50 seeds through the suite's checks)."""
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import pytest
@@ -169,8 +170,6 @@ def test_gallery_bug_is_caught_with_its_cause(bug):
                          extra=["-k", check_name])
     failed = {r.check.split("[")[0]: r.message for r in summary.results if r.failed}
     assert check_name in failed, f"{name}: {check_name} passed; failed: {sorted(failed)}"
-    import re
-
     assert re.search(pattern, failed[check_name], re.S), failed[check_name]
     assert code == 1
 
@@ -239,3 +238,33 @@ def test_correct_initialisers_never_fail_false_failure_sweep(capsys):
               f"worst statistic/threshold {worst:.3f}; {time.perf_counter() - t0:.1f} s")
     assert not failures, failures
     assert worst < 1.0
+
+
+# --------------------------------------------------------------------------- the six-layer study (opt-in)
+
+def test_six_layer_study_passes_torch_and_records_table_and_plot():
+    code, summary = check("torch.nn.init:kaiming_normal_", suites=["init-study"], seed=0)
+    assert summary is not None and code == 0, [r.message for r in summary.results]
+    (r,) = summary.results
+    assert r.check == "test_six_layer_study" and r.passed
+    text = r.details["console"]
+    for name in ("target", "reference", "band low", "small", "large", "xavier-seed", "he-seed"):
+        assert name in text
+    from pathlib import Path
+
+    assert Path(r.details["artifacts"]["plots/init_study.png"]).stat().st_size > 10_000
+    assert r.metrics["relu layer6 std target"] > 0.3  # He keeps the ReLU spread
+
+
+def test_six_layer_study_fails_a_missing_relu_gain():
+    code, summary = check(f"{GALLERY}:kaiming_normal_no_gain_", kind="torch-init", reference="kaiming_normal_",
+                          suites=["init-study"], seed=0)
+    assert summary is not None and code == 1
+    (r,) = summary.results
+    assert r.failed and "leave the reference's band" in r.message and "relu layer 6" in r.message, r.message
+    assert re.search(r"x0\.7[01]\d \(ReLU\)", r.message), r.message  # layer 1 std is 1/sqrt(2) of He's (ReLU)
+
+
+def test_study_is_opt_in():
+    code, summary = check("torch.nn.init:kaiming_normal_", tier="full", seed=0, extra=["-k", "six_layer"])
+    assert summary is not None and not summary.results  # never by tier, only with --suite init-study

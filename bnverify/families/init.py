@@ -445,7 +445,10 @@ FAMILY = Family(
                 "torch.nn.init function it implements (detected only for torch.nn.init's own functions; "
                 "otherwise pass --kind torch-init)", _detect, _validate),),
     suites=(Suite("init", "quick", summary="the claimed law (KS and moments) over linear and conv shapes, fan axes "
-                  "and mode, gain and a, uniform bounds and truncation, in place, dtype, generator, errors"),),
+                  "and mode, gain and a, uniform bounds and truncation, in place, dtype, generator, errors"),
+            Suite("init-study", "full", opt_in=True,
+                  summary="seed 001's six-layer study: per-layer activation std and histograms, tanh and ReLU, "
+                          "beside the reference and the seed's four initialisations")),
     conventions=dict(CONVENTIONS),
     convention_aliases=dict(CONVENTION_ALIASES),
     make_target=make_target,
