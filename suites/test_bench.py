@@ -1,11 +1,13 @@
 """Benchmarks (full tier): the target's time, bandwidth and percent of roofline, beside torch's own batch norm.
 
 For each operation -- training forward, backward, training step (forward + backward), eval
-forward -- and each case of a small grid (CPU: 64x64x32x32, 32x32x16x16 and 4096x256 in
-float32; with ``--device cuda`` also 256x64x56x56 in float16 and float32), a check times three
-arms interleaved round by round (``bnverify.bench.timers``): the target, torch's native
+forward -- and each case of a small grid (``bnverify.bench.grid``; CPU: 64x64x32x32,
+32x32x16x16 and 4096x256 in float32; with ``--device cuda`` also 256x64x56x56 in float16 and
+float32), a check times three arms interleaved round by round (``bnverify.bench.timers``): the
+target, torch's native
 ``torch.nn.BatchNorm1d/2d`` built with the same configuration, and a copy of the input (the
-roofline, measured now on this device).  The cache is flushed before every timed call.  CPU
+roofline, measured now on this device).  The cache is flushed before every timed call where
+that is possible (``bnverify.bench.timers``: not a CPU cache too large to flush per call).  CPU
 timings go through pytest-benchmark's ``benchmark.pedantic`` (a ``time.perf_counter`` loop when it
 is disabled, e.g. under pytest-xdist or ``--benchmark-disable``); GPU timings through CUDA events
 per call, cross-checked with ``triton.testing.do_bench`` when triton is importable.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import nullcontext
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -91,7 +92,8 @@ def measure_cuda(arms: Sequence[Arm], policy: Policy, *, device: str = "cuda",
             flush = make_cuda_flush(device, flush_bytes)
     flush = flush or (lambda: None)
     samples: dict[str, list[float]] = {a.name: [] for a in arms}
-    with _GcOff():
+    on_device = torch.cuda.device(torch.device(device)) if isinstance(backend, CudaEvents) else nullcontext()
+    with _GcOff(), on_device:  # events and kernels on the current stream of ``device``
         for k in range(policy.warmup_rounds):
             for arm in arms:
                 _call(arm, arm.prepare, -1 - k)
