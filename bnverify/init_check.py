@@ -280,6 +280,23 @@ def _explanation(x: np.ndarray, law: Any, reference: str, shape: tuple[int, ...]
     return "".join(f"\n  {line}" for line in lines)
 
 
+def tails(x: np.ndarray, law: Any) -> tuple[int, int, int, float, float, float, float]:
+    """``(outside, k_low, k_high, q_low, q_high, p_low, p_high)``: samples outside the support, counts in the
+    outer ``INIT_TAIL_MASS`` tails and their exact binomial p-values."""
+    lo, hi = law.support
+    slack = tols.INIT_SUPPORT_ULPS * float(np.finfo(np.float32).eps)
+    outside = int(np.sum((x < lo - slack * abs(lo)) | (x > hi + slack * abs(hi))))
+    q = tols.INIT_TAIL_MASS
+    ql, qh = float(law.dist.ppf(q)), float(law.dist.ppf(1 - q))
+    kl, kh = int(np.sum(x < ql)), int(np.sum(x > qh))
+    return outside, kl, kh, ql, qh, binom_p(kl, x.size, q), binom_p(kh, x.size, q)
+
+
+def tails_ok(x: np.ndarray, law: Any) -> bool:
+    outside, _, _, _, _, pl, ph = tails(x, law)
+    return not outside and min(pl, ph) >= tols.INIT_ALPHA
+
+
 def binom_p(k: int, n: int, p: float) -> float:
     """Two-sided exact binomial p-value of ``k`` successes in ``n`` trials of probability ``p``."""
     from scipy import stats
@@ -301,12 +318,8 @@ def check_support(target: InitTarget, shape: tuple[int, ...], kwargs: dict[str, 
     law = target.law(shape, **kwargs)
     x, calls = draw(target, shape, n, seed, kwargs)
     lo, hi = law.support
-    slack = tols.INIT_SUPPORT_ULPS * float(np.finfo(np.float32).eps)
-    outside = int(np.sum((x < lo - slack * abs(lo)) | (x > hi + slack * abs(hi))))
     q = tols.INIT_TAIL_MASS
-    ql, qh = float(law.dist.ppf(q)), float(law.dist.ppf(1 - q))
-    kl, kh = int(np.sum(x < ql)), int(np.sum(x > qh))
-    pl, ph = binom_p(kl, x.size, q), binom_p(kh, x.size, q)
+    outside, kl, kh, ql, qh, pl, ph = tails(x, law)
     ratio = max(math.log(max(p, 1e-300)) / math.log(tols.INIT_ALPHA) for p in (pl, ph))
     observe(math.inf if outside else ratio)
     if not outside and ratio <= 1:

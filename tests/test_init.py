@@ -268,3 +268,19 @@ def test_six_layer_study_fails_a_missing_relu_gain():
 def test_study_is_opt_in():
     code, summary = check("torch.nn.init:kaiming_normal_", tier="full", seed=0, extra=["-k", "six_layer"])
     assert summary is not None and not summary.results  # never by tier, only with --suite init-study
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+def test_fingerprint_names_the_convention_or_the_mistake():
+    import json
+
+    res = json.loads(fam.fingerprint(load_target("torch.nn.init:kaiming_normal_"), as_json=True))
+    assert res["matching convention"] == "torch" and res["normal law"].endswith("untruncated")
+    assert res["1-D tensor"] == "raises ValueError" and "zero-element" in res["zero-element tensor"]
+    res = json.loads(fam.fingerprint(load_target("tests.test_init:keras_he_normal", kind="torch-init",
+                                                 reference="kaiming_normal_"), as_json=True))
+    assert res["matching convention"] == "keras" and res["normal law"].endswith("; truncated")
+    res = json.loads(fam.fingerprint(load_target(f"{GALLERY}:kaiming_normal_no_gain_", kind="torch-init",
+                                                 reference="kaiming_normal_"), as_json=True))
+    assert res["matching convention"] == "none" and res["explained by"].startswith("gain 1 instead of 1.414")

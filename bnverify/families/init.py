@@ -55,6 +55,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from bnverify.families import Family, Kind, Suite
 from bnverify.target import Target, TargetError, TargetLoadError
 
@@ -361,48 +363,51 @@ def make_target(obj: Any, kind: str, spec: str, name: str, convention: Any) -> I
 # --------------------------------------------------------------------------- fingerprint
 
 def probe(target: InitTarget) -> dict[str, str]:
-    """What the initialiser does, measured: its law on a non-square linear and a conv weight, and its contract."""
+    """What the initialiser does, measured: the convention its law follows (layout and truncation), the
+    mistake that explains it otherwise, and its contract (in place, generator, low rank, zero elements)."""
     import torch
 
     from bnverify import init_check as ic
-    from bnverify.reference import initializers as ref
 
     out: dict[str, str] = {}
     reference = target.reference or ""
     n = 8192
-    for geo in (ic.GEOMETRIES["linear-400-25"], ic.GEOMETRIES["conv2d-4-24-k3x5"]):
-        layouts = [("torch", geo.shape("torch")), ("keras", geo.shape("keras"))]
-        for lay, shape in layouts:
-            try:
-                x, _ = ic.draw(target, shape, n, ic.derive_seed(0, "fingerprint", geo.name, lay), {})
-            except TargetError as exc:
-                out[f"{geo.name} as {shape}"] = f"error: {str(exc).splitlines()[0]}"
-                continue
-            matches = []
-            for c in CONVENTIONS.values():
-                law = target.law(shape, c)
-                if ic.fits(x, law):
-                    matches.append(c.name)
-            hyps = [h.label for h in hypotheses(reference, shape, {}, conv_of(target)) if ic.fits(x, h.law)] \
-                if not matches else []
-            label = (f"std {x.std():.4g}, mean {x.mean():.2g}, max |x| {abs(x).max():.4g}; matches "
-                     + (", ".join(f"the {m} convention" for m in matches) if matches else
-                        ("; ".join(hyps[:2]) if hyps else "none of the known laws")))
-            out[f"{geo.name} as {shape}"] = label
-    convs = []
+    geos = (ic.GEOMETRIES["linear-400-25"], ic.GEOMETRIES["conv2d-4-24-k3x5"])
+    matching = []
     for c in CONVENTIONS.values():
         ok = True
-        for geo in (ic.GEOMETRIES["linear-400-25"], ic.GEOMETRIES["conv2d-4-24-k3x5"]):
+        for geo in geos:
             shape = geo.shape(c.layout)
             try:
-                x, _ = ic.draw(target, shape, n, ic.derive_seed(1, "fingerprint", geo.name, c.name), {})
-            except TargetError:
+                x, _ = ic.draw(target, shape, n, ic.derive_seed(0, "fingerprint", geo.name, c.name), {})
+            except TargetError as exc:
+                out["error"] = str(exc).splitlines()[0]
                 ok = False
                 break
-            ok = ok and ic.fits(x, target.law(shape, c))
+            law = target.law(shape, c)
+            ok = ok and ic.fits(x, law) and ic.tails_ok(x, law)
         if ok:
-            convs.append(c.name)
-    out["matching convention"] = ", ".join(convs) if convs else "none (a law no convention explains)"
+            matching.append(c)
+    shape = geos[0].shape("torch")
+    if "error" not in out:
+        x, _ = ic.draw(target, shape, n, ic.derive_seed(0, "fingerprint", "torch-layout"), {})
+        law = target.law(shape, CONVENTIONS["torch"])
+        out["samples on a (25, 400) tensor"] = (f"mean {x.mean():.3g}, std {x.std():.4g} (torch's law: {law.std:.4g}), "
+                                                f"max |x| {abs(x).max():.4g} = {abs(x).max() / x.std():.3g} sd")
+        if reference in FAN_BASED:
+            layouts = {c.layout for c in matching}
+            out["weight layout"] = (" and ".join("(out, in, *k), fans from size(1) and size(0)" if lay == "torch" else
+                                                 "(*k, in, out), fans from the last two axes" for lay in sorted(layouts))
+                                    or "neither (see below)")
+        if reference in ("kaiming_normal_", "xavier_normal_"):
+            beyond = float(np.mean(np.abs(x - x.mean()) > 2.33 * x.std()))
+            out["normal law"] = (f"{beyond:.2%} of samples beyond 2.33 sd (untruncated: 1.98%); "
+                                 + ("untruncated" if beyond > 0.01 else "truncated"))
+        if not matching:
+            hyps = [h.label for h in hypotheses(reference, shape, {}, CONVENTIONS["torch"])
+                    if ic.fits(x, h.law) and ic.tails_ok(x, h.law)]
+            out["explained by"] = "; ".join(hyps[:2]) if hyps else "none of the known laws"
+    out["matching convention"] = ", ".join(c.name for c in matching) if matching else "none"
     t = torch.full((8, 4), float("nan"))
     try:
         res = target.fill(t)
@@ -424,8 +429,12 @@ def probe(target: InitTarget) -> dict[str, str]:
             target.fill(torch.empty(5))
             out["1-D tensor"] = "filled (torch raises ValueError)"
         except TargetError as exc:
-            out["1-D tensor"] = f"raises ({str(exc.__cause__ or exc).splitlines()[0][:60]})"
-    _ = ref
+            out["1-D tensor"] = f"raises {type(exc.__cause__).__name__ if exc.__cause__ else 'an error'}"
+    try:
+        res = target.fill(torch.empty(0, 3))
+        out["zero-element tensor"] = "; ".join(res.warnings) or "no warning"
+    except TargetError as exc:
+        out["zero-element tensor"] = f"raises {type(exc.__cause__).__name__ if exc.__cause__ else 'an error'}"
     return out
 
 
