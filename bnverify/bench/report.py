@@ -226,6 +226,7 @@ def plot(results: Sequence[BenchResult], path: str | Path, *, title: str) -> Pat
             ax.annotate(f"{shape_text(r.shape)} {dtype_name(r.dtype)}", (x, r.GBps()), fontsize=6,
                         textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_title(roofline.OP_TITLES[op], fontsize=10)
         ax.set_xlabel("tensor size (MiB)")
         ax.set_ylabel("GB/s at minimal bytes")
