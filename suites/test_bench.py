@@ -184,7 +184,7 @@ def test_bench_report(bn_target, bn_device, bn_check, request, tmp_path_factory)
     details = env.details(bn_device)
     folder = tmp_path_factory.mktemp("bench")
     gate_report = None
-    path = gate.baseline_path()
+    path = gate.baseline_path(request.config.getoption("bn_perf_baseline", default=None))
     if path:
         try:
             baseline = gate.load_baseline(path)

@@ -419,6 +419,13 @@ def test_gate_says_when_a_machine_was_busy():
     assert quiet.loaded == "" and quiet.floor == 0.25
 
 
+def test_baseline_from_option_then_environment(monkeypatch):
+    monkeypatch.delenv(gate.BASELINE_ENV, raising=False)
+    assert gate.baseline_path() is None
+    monkeypatch.setenv(gate.BASELINE_ENV, "env.json")
+    assert gate.baseline_path() == "env.json" and gate.baseline_path("opt.json") == "opt.json"
+
+
 def test_gate_matches_target_and_device(tmp_path):
     r = _result(native=(2e-3,) * 7)
     doc = report.document([r], target="torch", target_name="t", device="cpu", device_name="cpu: X", env={})

@@ -74,9 +74,10 @@ class BaselineError(Exception):
     """The baseline file cannot be used (missing, not JSON, not a bnverify benchmark)."""
 
 
-def baseline_path() -> str | None:
-    """The baseline named by ``$BNVERIFY_PERF_BASELINE`` (read at call time), or None."""
-    return os.environ.get(BASELINE_ENV) or None
+def baseline_path(option: str | None = None) -> str | None:
+    """The baseline: ``option`` (``--perf-baseline``, once the option exists) or ``$BNVERIFY_PERF_BASELINE``
+    (read at call time), or None."""
+    return option or os.environ.get(BASELINE_ENV) or None
 
 
 def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
