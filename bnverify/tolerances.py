@@ -857,7 +857,7 @@ INIT_FAMILY_ALPHA = 1e-6
 """Largest probability that a correct initialiser fails one run of the ``init`` suite (any check)."""
 
 INIT_MAX_TESTS = 200
-"""Upper bound on the statistical tests of one ``init`` run (measured: at most 75 for any reference)."""
+"""Upper bound on the statistical tests of one ``init`` run (measured: 38 to 55 per reference)."""
 
 INIT_ALPHA = INIT_FAMILY_ALPHA / INIT_MAX_TESTS
 """Per-test false-failure probability (Bonferroni): 5e-9."""
