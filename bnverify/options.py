@@ -81,7 +81,8 @@ OPTIONS: tuple[Option, ...] = (
            choices=families.all_conventions),
     Option("reference", "the reference the target is held to, for families that offer a choice "
            "(inferred where the target's name says it)", metavar="NAME"),
-    Option("tier", "quick: the CI gate (equivalence, modes, invariance); full: adds the convergence suite",
+    Option("tier", "quick: the CI gate (equivalence, modes, invariance); full: adds the training studies "
+           "(convergence) and the benchmarks (bench)",
            default="quick", choices=lambda: families.TIERS),
     Option("suite", "run only these suites (repeatable): " + ", ".join(families.all_suites()),
            repeat=True, metavar="NAME", choices=families.all_suites),
@@ -102,6 +103,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="URI"),
     Option("no-tracking", "do not log to MLflow", flag=True),
     Option("report", "write the run summary as JSON to PATH", metavar="PATH"),
+    Option("perf-baseline", "a previous run's bench/benchmark.json: the bench report fails on a case whose time "
+           "relative to torch's native batch norm grew beyond both runs' noise (default $BNVERIFY_PERF_BASELINE)",
+           metavar="PATH"),
     Option("summary", "write a markdown summary for CI pages to PATH (also appended to $GITHUB_STEP_SUMMARY "
            "when that is set)", metavar="PATH"),
     Option("xfails", "known deviations: a file with one check id or glob per line and '# reason'; listed "
