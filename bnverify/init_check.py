@@ -307,7 +307,7 @@ def binom_p(k: int, n: int, p: float) -> float:
 
 
 def check_support(target: InitTarget, shape: tuple[int, ...], kwargs: dict[str, Any], *, seed: int, n: int,
-                  context: str, observe: Callable[[float], None]) -> int:
+                  context: str, observe: Callable[[float], None], device: str = "cpu") -> int:
     """No sample outside the law's support; the outer ``INIT_TAIL_MASS`` on each side holds as many as it should.
 
     For a uniform law the outer tails are the edges ``[0.98 b, b]``: a bound without its sqrt(3) leaves
@@ -316,7 +316,7 @@ def check_support(target: InitTarget, shape: tuple[int, ...], kwargs: dict[str, 
     reference = target.reference or ""
     conv = fam.conv_of(target)
     law = target.law(shape, **kwargs)
-    x, calls = draw(target, shape, n, seed, kwargs)
+    x, calls = draw(target, shape, n, seed, kwargs, device=device)
     lo, hi = law.support
     q = tols.INIT_TAIL_MASS
     outside, kl, kh, ql, qh, pl, ph = tails(x, law)
@@ -430,12 +430,18 @@ def check_generator(target: InitTarget, device: str, *, seed: int) -> None:
         out = target.fill(t, generator=g).out
         return (out if isinstance(out, torch.Tensor) and tuple(out.shape) == shape else t).detach().clone()
 
+    def rng_states() -> list[torch.Tensor]:
+        states = [torch.get_rng_state()]
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            states.append(torch.cuda.get_rng_state())
+        return states
+
     torch.manual_seed(seed)
     a = fill(gen(seed))
-    state = torch.get_rng_state()
+    state = rng_states()
     g = gen(seed)
     b = fill(g)
-    global_used = not torch.equal(state, torch.get_rng_state())
+    global_used = not all(torch.equal(x, y) for x, y in zip(state, rng_states()))
     c = fill(g)
     d = fill(gen(seed + 1))
     where = f"init[{ref}] {target.name}(tensor {shape}, generator=...)"

@@ -81,7 +81,7 @@ def test_arguments(bn_target, bn_check, bn_device, seed):
                               observe=bn_check.observe, device=bn_device)
 
 
-def test_bounds_and_tails(bn_target, bn_check, seed):
+def test_bounds_and_tails(bn_target, bn_check, bn_device, seed):
     """Uniform bounds reached and never exceeded (I3); truncation where the law has it and only there (I5)."""
     ref = bn_target.reference
     count = _Count(bn_check)
@@ -90,7 +90,7 @@ def test_bounds_and_tails(bn_target, bn_check, seed):
         shape = geo.shape(_layout(bn_target))
         count += ic.check_support(bn_target, shape, kw, seed=ic.derive_seed(seed, "support", label),
                                   n=tols.INIT_SAMPLES, context=f"init[{ref}] bounds and tails, {label}",
-                                  observe=bn_check.observe)
+                                  observe=bn_check.observe, device=bn_device)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
