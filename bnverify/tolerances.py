@@ -907,3 +907,25 @@ def init_study_t(seeds: int = INIT_STUDY_SEEDS, comparisons: int = 12) -> float:
     from scipy import stats
 
     return float(stats.t.isf(INIT_FAMILY_ALPHA / comparisons / 2, seeds - 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Banded verdicts (seed claims and the convergence suite; ``bnverify.convergence.bands``).  A claim's
+# estimate is the mean over seeds of its statistic; its band is mean +/- max(t * sigma / sqrt(n), floor)
+# with sigma^2 = s_seed^2 + s_run^2 (measured seed-to-seed spread, and run-to-run spread from a twin run
+# of the same seed with a second correct implementation on last-bit-perturbed data), t the one-sided
+# BAND_CONFIDENCE quantile of Student's t at the Welch-Satterthwaite degrees of freedom.  Reproduced when
+# the whole band is on the claim's side of its threshold, not reproduced when it is wholly on the other
+# side, inconclusive when it straddles: no outcome is decided inside the measured noise.
+BAND_CONFIDENCE = 0.99
+"""One-sided confidence of each edge of a band (t quantile 6.96 with 2 degrees of freedom, 2.33 with many)."""
+
+CLAIM_SEEDS = (0, 1, 2)
+"""Seeds of a seed claim's experiment: two degrees of freedom for its seed-to-seed spread."""
+
+CLAIM_TWIN_SEEDS = 1
+"""Seeds (the first ones) also trained as twins to measure the run-to-run spread of a claim's statistic."""
+
+CLAIM_TWIN_ULPS = 1
+"""The twin's training images move by this many float32 ulps (random sign per pixel, zeros kept): the
+last-bit difference another machine's kernels make, which training then amplifies like theirs."""

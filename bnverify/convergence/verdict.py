@@ -7,7 +7,7 @@ cache) and compares; :func:`olympic_mean` is MLPerf's epochs-to-target score.
 
 The statistics (see :func:`compare` for the exact formulas)
 -----------------------------------------------------------
-*Noise band.*  For every epoch, the reference's accuracy across seeds has a
+*Noise band* (the construction of :mod:`bnverify.convergence.bands`, for two samples).  For every epoch, the reference's accuracy across seeds has a
 mean ``mu`` and a seed-to-seed standard deviation ``s_seed``; a *twin* run
 (the same seed trained with a second correct batch norm, ``torch.nn.BatchNorm1d``)
 measures the run-to-run variation that rounding alone causes, ``s_run``
@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from bnverify import tables
+from bnverify.convergence.bands import binomial_floor, run_spread, t_quantile, z_quantile
 from bnverify.convergence.network import NormFactory
 from bnverify.convergence.protocol import Protocol
 from bnverify.convergence.training import (
@@ -225,11 +226,8 @@ def _acc_matrix(curves: Sequence[Curve], epochs: int) -> np.ndarray:
     return m
 
 
-def _binomial_floor(p: np.ndarray | float, n: int, z: float) -> np.ndarray:
-    """z times the binomial standard error of an accuracy ``p`` measured on ``n`` examples."""
-    lo = 0.5 / max(n, 1)
-    pp = np.clip(np.asarray(p, dtype=np.float64), lo, 1 - lo)
-    return z * np.sqrt(pp * (1 - pp) / max(n, 1))
+#: z times the binomial standard error of an accuracy measured on ``n`` examples (shared band logic).
+_binomial_floor = binomial_floor
 
 
 def compare(
@@ -249,8 +247,6 @@ def compare(
     with ``t`` quantiles on ``n_reference - 1`` degrees of freedom (``z`` for
     the binomial floor).
     """
-    from scipy import stats
-
     protocol = protocol or Protocol()
     target_curves, reference_curves = list(target_curves), list(reference_curves)
     nobn_curves, twin_curves = list(nobn_curves), list(twin_curves)
@@ -285,8 +281,8 @@ def compare(
     R = _acc_matrix(reference_curves, E)
     T = _acc_matrix(target_curves, E)
     df = n_r - 1
-    tq = float(stats.t.ppf(conf, df)) if df >= 1 else 0.0
-    zq = float(stats.norm.ppf(conf))
+    tq = t_quantile(conf, df) if df >= 1 else 0.0
+    zq = z_quantile(conf)
     se_factor = math.sqrt(1.0 / n_r + 1.0 / n_t)
     if df < 1:
         v.notes.append("one reference seed: the band is the test-set floor (plus run-to-run variation) only")
@@ -296,9 +292,9 @@ def compare(
     pairs = [(c, ref_by_seed[c.seed]) for c in twin_curves if c.ok and c.seed in ref_by_seed and len(c.test_acc) >= E]
     if pairs:
         D = np.asarray([np.asarray(c.test_acc[:E]) - R[i] for c, i in pairs])
-        s_run = np.sqrt(np.mean(D**2, axis=0) / 2.0)
+        s_run = np.asarray(run_spread(D, axis=0))
         d_final = np.asarray([c.final_accuracy(w) - reference_curves[i].final_accuracy(w) for c, i in pairs])
-        s_run_final = float(np.sqrt(np.mean(d_final**2) / 2.0))
+        s_run_final = float(run_spread(d_final))
     else:
         s_run = np.zeros(E)
         s_run_final = 0.0
