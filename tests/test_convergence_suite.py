@@ -300,3 +300,55 @@ def test_seed_claim_that_a_buggy_target_breaks_fails_beside_the_reference():
     assert r.details["outcome"] == "not reproduced" and r.details["reference_outcome"] == "reproduced"
     [target_band], [ref_band] = r.details["bands"], r.details["reference_bands"]
     assert target_band["low"] > target_band["threshold"] > ref_band["high"]  # both outside their bands' noise
+
+
+# ------------------------------------------------------------------------------ bands (no training)
+
+
+def test_band_outcomes_are_decided_outside_the_noise_only():
+    from bnverify.convergence import bands as B
+
+    # the issue's numbers: gaps 256 minus 16 per seed, 0.0109 and 0.0004; twin differences of about 0.002
+    b = B.band("gap difference", [0.1738 - 0.1629, 0.1690 - 0.1686], 0.0, run_differences=[0.002])
+    assert b.low < 0 < b.high and b.outcome == "inconclusive"
+    assert b.s_seed > 0 and b.s_run == pytest.approx(0.002 / np.sqrt(2)) and b.run_pairs == 1
+    # far from the threshold on either side
+    assert B.band("x", [1.0, 1.1, 0.9], 0.0).outcome == "reproduced"
+    assert B.band("x", [1.0, 1.1, 0.9], 0.0, above=False).outcome == "not reproduced"
+    assert B.band("x", [-1.0, -1.1, -0.9], 0.0).outcome == "not reproduced"
+    # identical seeds: the band is the floor, never zero width when a floor is given
+    same = B.band("acc", [0.9, 0.9, 0.9], 0.89, floor=0.02)
+    assert same.half_width == 0.02 and same.outcome == "inconclusive"
+    # one seed, no twin, no floor: nothing bounds the band
+    assert B.band("x", [5.0], 0.0).outcome == "inconclusive"
+    # the half-width: t at the Welch-Satterthwaite df times sigma / sqrt(n)
+    v = [0.1, 0.3, 0.2]
+    b = B.band("x", v, 0.0, run_differences=[0.05])
+    s2, r2 = np.var(v, ddof=1), 0.05**2 / 2
+    df = (s2 + r2) ** 2 / (s2**2 / 2 + r2**2 / 1)
+    from scipy import stats
+
+    assert b.df == pytest.approx(df) and b.half_width == pytest.approx(stats.t.ppf(0.99, df) * np.sqrt((s2 + r2) / 3))
+    assert "[" in b.describe() and b.as_dict()["outcome"] == b.outcome
+
+
+def test_band_outcomes_combine():
+    from bnverify.convergence.bands import INCONCLUSIVE as I
+    from bnverify.convergence.bands import NOT_REPRODUCED as N
+    from bnverify.convergence.bands import REPRODUCED as R
+    from bnverify.convergence.bands import all_of, any_of
+
+    assert all_of([R, R]) == R and all_of([R, I]) == I and all_of([I, N]) == N and all_of([]) == I
+    assert any_of([N, R]) == R and any_of([N, I]) == I and any_of([N, N]) == N and any_of([]) == I
+
+
+def test_twin_split_moves_nonzero_pixels_by_one_ulp():
+    from bnverify.convergence.claims import twin_split
+
+    s = mnist.load_embedded().subset(200, 100)
+    t = twin_split(s)
+    assert t is twin_split(s) and t.fingerprint() != s.fingerprint()
+    nz = s.x_train != 0
+    ulps = np.abs(t.x_train.view(np.int32).astype(np.int64) - s.x_train.view(np.int32).astype(np.int64))
+    assert (ulps[nz] == 1).all() and (t.x_train[~nz] == 0).all()
+    assert t.x_test is s.x_test and t.y_train is s.y_train
