@@ -126,9 +126,11 @@ def load_target(
             detected = families.detect_kind(obj)
             use = kind or detected
             if use is None:
+                named = "; ".join(f"--kind {k.name} for {k.summary}" for f in families.FAMILIES for k in f.kinds
+                                  if k.detect is None or k.usually_named)
                 raise TargetLoadError(
                     f"cannot tell what kind of target {spec!r} is ({type(obj).__name__}); "
-                    f"pass --kind, one of: {', '.join(families.all_kinds())}"
+                    f"pass --kind, one of: {', '.join(families.all_kinds())}" + (f" ({named})" if named else "")
                 )
             fam = families.family_of_kind(use)
             validate = fam.kind(use).validate

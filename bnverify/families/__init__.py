@@ -37,6 +37,9 @@ class Kind:
     """True when an object is unambiguously of this kind; None: only by ``--kind``."""
     validate: Callable[[Any, str], None] | None = None
     """Raises ``TargetLoadError`` when an object named with ``--kind`` cannot be of this kind."""
+    usually_named: bool = False
+    """Detected only in special cases (torch.nn.init's own functions): an undetected object's usage error
+    suggests ``--kind`` for it, as for kinds with no detector."""
 
 
 @dataclass(frozen=True)

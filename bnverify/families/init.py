@@ -452,7 +452,7 @@ FAMILY = Family(
     title="initializer",
     kinds=(Kind("torch-init", "a function that fills a tensor in place and returns it, with the signature of the "
                 "torch.nn.init function it implements (detected only for torch.nn.init's own functions; "
-                "otherwise pass --kind torch-init)", _detect, _validate),),
+                "otherwise pass --kind torch-init)", _detect, _validate, usually_named=True),),
     suites=(Suite("init", "quick", summary="the claimed law (KS and moments) over linear and conv shapes, fan axes "
                   "and mode, gain and a, uniform bounds and truncation, in place, dtype, generator, errors"),
             Suite("init-study", "full", opt_in=True,
