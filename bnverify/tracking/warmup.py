@@ -52,11 +52,11 @@ _log = logging.getLogger(__name__)
 _START_METHOD: Final = "spawn"
 
 
-class WorkerUnavailable(Exception):
+class _WorkerUnavailable(Exception):
     """The worker cannot take the request (it never got it): write in-process instead."""
 
 
-class StoreError(Exception):
+class _StoreError(Exception):
     """The worker tried and the store failed: spool."""
 
 
@@ -94,11 +94,11 @@ class _StoreWorker:
         answer: tuple[bool, str] | None = None
         try:
             if not self.alive():
-                raise WorkerUnavailable(f"the store warm-up worker exited early (exit code {self.proc.exitcode})")
+                raise _WorkerUnavailable(f"the store warm-up worker exited early (exit code {self.proc.exitcode})")
             try:
                 self.conn.send((str(staging), invocation_id, end_ms))
             except (OSError, ValueError) as e:
-                raise WorkerUnavailable(str(e)) from None
+                raise _WorkerUnavailable(str(e)) from None
             if not self.conn.poll(timeout):  # also True when the worker died: then recv fails
                 raise TimeoutError(f"the tracking store did not finish within {timeout:.0f} s (${ENV_TIMEOUT})")
             grace = 10.0  # it exits by itself once it has answered
@@ -107,10 +107,10 @@ class _StoreWorker:
         finally:
             self.stop(grace)
         if answer is None:
-            raise StoreError(f"the store warm-up worker exited without an answer (exit code {self.proc.exitcode})")
+            raise _StoreError(f"the store warm-up worker exited without an answer (exit code {self.proc.exitcode})")
         ok, value = answer
         if not ok:
-            raise StoreError(value)
+            raise _StoreError(value)
         return value
 
 
@@ -179,7 +179,7 @@ def deliver(uri: str, experiment: str, summary: RunSummary, invocation_id: str, 
     if worker is not None:
         try:
             return worker.write(staging, invocation_id, end_ms, write_timeout())
-        except WorkerUnavailable as e:
+        except _WorkerUnavailable as e:
             _log.debug("bnverify tracking: warm-up worker unavailable (%s); logging in-process", e)
     with tracking_context():
         return write_invocation(uri, experiment, summary, invocation_id, end_ms, staging / "artifacts")
