@@ -18,6 +18,7 @@ skipped with that reason.
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -71,8 +72,15 @@ class BNInstance(ABC):
         return self.target.call(what, fn)
 
     @abstractmethod
-    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
-        """Run forward; with ``grad`` the result can be passed to ``backward``."""
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False,
+                autograd: bool | None = None) -> torch.Tensor:
+        """Run forward; with ``grad`` the result can be passed to ``backward``.
+
+        ``autograd``: whether the call runs with autograd on and an input that requires grad, the way
+        models train.  Default: on in training mode, off in eval (``torch.no_grad()``, the way models
+        infer); a check that must see the caller's own tensor (the no-mutation contract) passes False.
+        Ignored by kinds without autograd.
+        """
 
     @abstractmethod
     def backward(self, dout: torch.Tensor) -> Grads:
@@ -124,14 +132,16 @@ class TorchModuleInstance(BNInstance):
             raise TargetError(f"{target.name}(...) returned {type(self.module).__name__}, not an nn.Module")
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False,
+                autograd: bool | None = None) -> torch.Tensor:
         self.call("train()" if training else "eval()", lambda: self.module.train(training))
-        xin = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad) if grad else x
-        with torch.set_grad_enabled(grad):
+        on = grad or (training if autograd is None else autograd)
+        xin = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True) if on else x
+        with torch.set_grad_enabled(on):
             out = self.call("forward", lambda: self.module(xin))
         out = _as_output(self.target, "forward", out, x)
         self._last = (xin, out) if grad else None
-        return out
+        return out if grad or not on else out.detach()
 
     def backward(self, dout: torch.Tensor) -> Grads:
         if self._last is None:
@@ -207,17 +217,19 @@ class TorchFunctionalInstance(BNInstance):
         self.running_var = torch.ones(c, **kw) if cfg.track_running_stats else None
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
 
-    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False,
+                autograd: bool | None = None) -> torch.Tensor:
         use_batch = training or self.running_mean is None
-        xin = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(grad) if grad else x
-        w = None if self.weight is None else self.weight.detach().clone().requires_grad_(grad)
-        b = None if self.bias is None else self.bias.detach().clone().requires_grad_(grad)
+        on = grad or (training if autograd is None else autograd)
+        xin = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True) if on else x
+        w = None if self.weight is None else self.weight.detach().clone().requires_grad_(on)
+        b = None if self.bias is None else self.bias.detach().clone().requires_grad_(on)
         rm, rv = self.running_mean, self.running_var
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(on):
             out = self.call("call", lambda: self.fn(xin, rm, rv, w, b, use_batch, self.cfg.momentum, self.cfg.eps))
         out = _as_output(self.target, "call", out, x)
         self._last = (xin, out, w, b) if grad else None
-        return out
+        return out if grad or not on else out.detach()
 
     def backward(self, dout: torch.Tensor) -> Grads:
         if self._last is None:
@@ -260,13 +272,34 @@ class TorchFunctionalInstance(BNInstance):
 
 _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
 
+HALF_NOT_PROMISED = (
+    "float16 is not part of the numpy-cs231n contract (the course promises float64 and float32) and is checked "
+    "only when asked (--half): numpy keeps float16 sums and sums of squares in float16, which overflow above "
+    "65504 for the batches the 16-bit checks draw"
+)
+NO_BACKWARD = ("the module has no {name}: backward checks are not run (its forward, modes and invariance checks are); "
+               "add {name}(dout, cache) -> (dx, dgamma, dbeta) to have them run")
+
 
 class Cs231nInstance(BNInstance):
     """A cs231n-style numpy module: ``batchnorm_forward``/``batchnorm_backward`` on ``(N, D)`` input.
 
-    Rank-4 input goes to ``spatial_batchnorm_forward``/``_backward`` when the
-    module has them.  Running statistics live in ``bn_param``, which the
-    target updates.
+    The course's contract, not torch's (SPEC section 2):
+
+    * rank-4 input goes to ``spatial_batchnorm_forward``/``_backward`` when the module has them;
+      a stub (the template returns ``(None, None)`` until the student reaches it, or raises
+      ``NotImplementedError``) is "not implemented": ``NotSupported`` with that reason, so rank-4
+      checks are skipped and named after the spatial function.  A spatial function that raises
+      anything else is implemented and wrong: the check fails with its error;
+    * float64 and float32 are promised; float16 only when the target asks for it
+      (``BNTarget.half_requested``): numpy accumulates float16 sums in float16;
+    * ``batchnorm_backward`` is called after a training forward; after a test-mode forward only
+      where the target supports it (``BNTarget.probe_eval_backward``);
+    * a module without ``batchnorm_backward`` gets its forward checked; backward raises ``NotSupported``;
+    * gradients in float64 for float32 input (numpy's promotion) are accepted and noted
+      (``promoted``), never a failed dtype contract.
+
+    Running statistics live in ``bn_param``, which the target updates.
     """
 
     def __init__(self, target: BNTarget, cfg: BNConfig, obj: Any) -> None:
@@ -275,15 +308,19 @@ class Cs231nInstance(BNInstance):
             raise NotSupported("a numpy-cs231n target runs on the CPU only")
         if cfg.dtype not in _NUMPY_DTYPES:
             raise NotSupported(f"numpy has no {cfg.dtype}")
+        if cfg.dtype == torch.float16 and not target.half_requested:
+            raise NotSupported(HALF_NOT_PROMISED)
         if cfg.rank == 2:
-            self.fwd, self.bwd = obj.batchnorm_forward, obj.batchnorm_backward
-        elif cfg.rank == 4 and hasattr(obj, "spatial_batchnorm_forward") and hasattr(obj, "spatial_batchnorm_backward"):
-            self.fwd, self.bwd = obj.spatial_batchnorm_forward, obj.spatial_batchnorm_backward
+            self.fwd_name, self.bwd_name = "batchnorm_forward", "batchnorm_backward"
+        elif cfg.rank == 4 and hasattr(obj, "spatial_batchnorm_forward"):
+            self.fwd_name, self.bwd_name = "spatial_batchnorm_forward", "spatial_batchnorm_backward"
         else:
             extra = " or 4-D input to spatial_batchnorm_forward" if cfg.rank == 4 else ""
             raise NotSupported(
                 f"numpy-cs231n kind: batchnorm_forward takes (N, D) input{extra}; rank {cfg.rank} is not offered"
             )
+        self.fwd = getattr(obj, self.fwd_name)
+        self.bwd = getattr(obj, self.bwd_name, None)
         if not cfg.track_running_stats:
             raise NotSupported("numpy-cs231n kind always keeps running statistics in bn_param")
         if cfg.momentum is None:
@@ -299,38 +336,65 @@ class Cs231nInstance(BNInstance):
         }
         self._cache: Any = None
         self._x: torch.Tensor | None = None
+        self._mode = "train"
+        self.promoted: str | None = None
 
-    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False) -> torch.Tensor:
+    def _stub(self, what: str) -> NotSupported:
+        return NotSupported(f"{what} is not implemented (the course template's stub): the rank-4 checks, which go to "
+                            "the spatial functions, are not run")
+
+    def forward(self, x: torch.Tensor, *, training: bool, grad: bool = False,
+                autograd: bool | None = None) -> torch.Tensor:
         xn = x.detach().cpu().numpy()
         self.bn_param["mode"] = "train" if training else "test"
-        res = self.call("batchnorm_forward", lambda: self.fwd(xn, self.gamma, self.beta, self.bn_param))
+        name = self.fwd_name
+        try:
+            res = self.call(name, lambda: self.fwd(xn, self.gamma, self.beta, self.bn_param))
+        except TargetError as exc:
+            if self.cfg.rank == 4 and isinstance(exc.__cause__, NotImplementedError):
+                raise self._stub(f"{name} (raises NotImplementedError)") from None
+            raise
+        if self.cfg.rank == 4 and (res is None or (isinstance(res, tuple) and len(res) >= 1 and res[0] is None)):
+            raise self._stub(f"{name} (returns {res!r})")
         if not (isinstance(res, tuple) and len(res) == 2):
-            raise TargetError(f"{self.target.name} batchnorm_forward returned {type(res).__name__}; expected (out, cache)")
+            raise TargetError(f"{self.target.name} {name} returned {type(res).__name__}; expected (out, cache)")
         out, cache = res
+        if out is None:
+            raise TargetError(f"{self.target.name} {name} returned out=None: it is not implemented (the template "
+                              "leaves out as None until its TODO is filled in)")
         if not isinstance(out, np.ndarray):
-            raise TargetError(f"{self.target.name} batchnorm_forward returned out of type {type(out).__name__}; expected numpy.ndarray")
+            raise TargetError(f"{self.target.name} {name} returned out of type {type(out).__name__}; expected numpy.ndarray")
         if out.dtype not in (np.float16, np.float32, np.float64):
-            raise TargetError(f"{self.target.name} batchnorm_forward returned dtype {out.dtype}")
+            raise TargetError(f"{self.target.name} {name} returned dtype {out.dtype}")
         t = torch.from_numpy(np.array(out, copy=True))
-        t = _as_output(self.target, "batchnorm_forward", t, x)
-        self._cache, self._x = cache, x
+        t = _as_output(self.target, name, t, x)
+        self._cache, self._x, self._mode = cache, x, self.bn_param["mode"]
         return t
 
     def backward(self, dout: torch.Tensor) -> Grads:
         if self._x is None:
             raise RuntimeError("backward() without a forward")
+        if self.bwd is None:
+            raise NotSupported(NO_BACKWARD.format(name=self.bwd_name))
         dn = dout.detach().cpu().numpy()
-        res = self.call("batchnorm_backward", lambda: self.bwd(dn, self._cache))
+        name = self.bwd_name
+        res = self.call(name, lambda: self.bwd(dn, self._cache))
+        if self.cfg.rank == 4 and (res is None or (isinstance(res, tuple) and len(res) >= 1 and res[0] is None)):
+            raise self._stub(f"{name} (returns {res!r})")
         if not (isinstance(res, tuple) and len(res) == 3):
-            raise TargetError(f"{self.target.name} batchnorm_backward returned {type(res).__name__}; expected (dx, dgamma, dbeta)")
+            raise TargetError(f"{self.target.name} {name} returned {type(res).__name__}; expected (dx, dgamma, dbeta)")
         outs = []
-        for name, a in zip(("dx", "dgamma", "dbeta"), res):
+        for gname, a in zip(("dx", "dgamma", "dbeta"), res):
             if not isinstance(a, np.ndarray):
-                raise TargetError(f"{self.target.name} batchnorm_backward returned {name} of type {type(a).__name__}")
+                raise TargetError(f"{self.target.name} {name} returned {gname} of type {type(a).__name__}")
             outs.append(torch.from_numpy(np.array(a, copy=True)))
         dx, dg, db = outs
         if tuple(dx.shape) != tuple(self._x.shape):
-            raise TargetError(f"{self.target.name} batchnorm_backward returned dx of shape {tuple(dx.shape)} for input {tuple(self._x.shape)}")
+            raise TargetError(f"{self.target.name} {name} returned dx of shape {tuple(dx.shape)} for input {tuple(self._x.shape)}")
+        if dx.dtype != self._x.dtype and self._x.dtype == torch.float32 and dx.dtype == torch.float64:
+            self.promoted = (f"{name} returns float64 gradients for float32 input (numpy promotes float32 with "
+                             "float64 arrays such as np.ones((N, D))); accepted for the numpy-cs231n kind, whose "
+                             "course never asks for a gradient dtype")
         return Grads(dx, dg, db)
 
     def get_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -362,7 +426,11 @@ class BNTarget(Target):
 
     convention: Convention
     by_rank: dict[int, type] | None = None  # the ``torch`` alias: a class per input rank
+    half_requested: bool = False
+    """numpy-cs231n: float16 checks run only when asked (``HALF_NOT_PROMISED``)."""
     _rank_probe: dict[int, str | None] = field(default_factory=dict, repr=False)
+    _eval_backward_probe: dict[int, str | None] = field(default_factory=dict, repr=False)
+    _mode_source: dict[str, str] = field(default_factory=dict, repr=False)
     _dtype_probe: dict[torch.dtype, str | None] = field(default_factory=dict, repr=False)
 
     def instance(self, cfg: BNConfig) -> BNInstance:
@@ -407,8 +475,90 @@ class BNTarget(Target):
                 raise
             if exc.__cause__ is None:
                 return None  # it ran and returned something wrong: supported, and the checks will say what
+            if self.kind == "numpy-cs231n" and rank == 4:
+                return None  # an implemented spatial function that raises is wrong, not "rank 4 not offered"
             return str(exc)
         return None
+
+    def probe_eval_backward(self, rank: int = 2) -> str | None:
+        """numpy-cs231n: None if ``batchnorm_backward`` accepts the cache of a test-mode forward, else why not.
+
+        The course calls the backward only after a training forward, and solutions leave the test-mode
+        cache as ``None``; a backward that raises on it is not offered.  One that returns (right or
+        wrong) is checked.  Other kinds: always None (autograd handles eval).
+        """
+        if self.kind != "numpy-cs231n":
+            return None
+        if rank not in self._eval_backward_probe:
+            shape = (4, 3) + (3,) * (rank - 2)
+            why: str | None = None
+            try:
+                inst = self.instance(BNConfig(num_features=3, rank=rank, dtype=torch.float64))
+                x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+                inst.forward(x, training=False)
+                inst.backward(torch.ones_like(x))
+            except NotSupported as exc:
+                why = str(exc)
+            except TargetError as exc:
+                if self.watchdog.hung:
+                    raise
+                if exc.__cause__ is not None:
+                    why = ("the course calls batchnorm_backward only after a training forward; backward after a "
+                           f"test-mode forward is not part of its contract and this target does not support it ({exc})")
+            self._eval_backward_probe[rank] = why
+        return self._eval_backward_probe[rank]
+
+    def probe_mode_source(self, device: str = "cpu") -> str:
+        """What chooses training or inference behaviour in a torch-module target: ``"flag"`` (``.train()`` /
+        ``.eval()``, as torch does), ``"grad"`` (``torch.is_grad_enabled()``, the textbook pattern of Dive into
+        Deep Learning), ``"always-train"``, ``"always-eval"`` or ``"unknown"``.  Other kinds: ``"flag"``
+        (the harness passes the mode).
+
+        Two calls on a batch whose statistics are far from the running ones (mean 5, variance 4 set
+        beforehand): ``.train()`` under ``torch.no_grad()`` and ``.eval()`` with autograd on; each output is
+        classified by the statistics it was normalised with.
+        """
+        if self.kind != "torch-module":
+            return "flag"
+        if device not in self._mode_source:
+            self._mode_source[device] = self._probe_mode_source(device)
+        return self._mode_source[device]
+
+    def _probe_mode_source(self, device: str) -> str:
+        ranks = self.supported_ranks(device)
+        if not ranks:
+            return "unknown"
+        rank = ranks[0]
+        shape = (8, 3) + (2,) * (rank - 2)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        dims = [0, *range(2, rank)]
+        view = (1, 3) + (1,) * (rank - 2)
+        batch_ref = (x - x.mean(dims).reshape(view)) / torch.sqrt(x.var(dims, unbiased=False).reshape(view) + 1e-5)
+        run_ref = (x - 5.0) / math.sqrt(4.0 + 1e-5)
+
+        def classify(training: bool, grad_on: bool) -> str:
+            try:
+                inst = self.instance(BNConfig(num_features=3, rank=rank, dtype=torch.float64, device=device))
+                assert isinstance(inst, TorchModuleInstance)
+                inst.set_running(torch.full((3,), 5.0, dtype=torch.float64, device=device),
+                                 torch.full((3,), 4.0, dtype=torch.float64, device=device))
+                out = inst.forward(x.to(device), training=training, autograd=grad_on).detach().cpu()
+            except (NotSupported, TargetError, AssertionError):
+                return "?"
+            if torch.allclose(out, batch_ref, atol=1e-4):
+                return "train"
+            if torch.allclose(out, run_ref, atol=1e-4):
+                return "eval"
+            return "?"
+
+        train_nograd, eval_grad = classify(True, False), classify(False, True)
+        return {("train", "eval"): "flag", ("eval", "train"): "grad", ("train", "train"): "always-train",
+                ("eval", "eval"): "always-eval"}.get((train_nograd, eval_grad), "unknown")
+
+    @property
+    def has_backward(self) -> bool:
+        """False for a numpy-cs231n module without ``batchnorm_backward`` (forward-only)."""
+        return self.kind != "numpy-cs231n" or callable(getattr(self.obj, "batchnorm_backward", None))
 
     def supported_ranks(self, device: str = "cpu") -> list[int]:
         return [r for r in (2, 3, 4, 5) if self.probe_rank(r, device) is None]

@@ -8,7 +8,10 @@
 * ``default_instance(target, device, rank, c)``: an instance with the target's *own* defaults
   (``cls(C)``, or a ``bn_param`` without eps/momentum), for measuring them;
 * ``running64(inst, what)``: the running statistics it holds, in float64;
-* ``require_rank``/``require_dtype``: skip, with the target's own message, what it does not run.
+* ``require_rank``/``require_dtype``: skip, with the target's own message, what it does not run;
+* ``require_backward``: skip the checks that need a backward when the target has none (a forward-only
+  numpy-cs231n module), or, with ``eval_mode``, one that does not take a test-mode cache (the course
+  calls the backward only after a training forward).
 """
 
 from __future__ import annotations
@@ -29,6 +32,18 @@ def require_rank(target: BNTarget, rank: int, device: str) -> None:
         if not target.supported_ranks(device):
             return  # nothing works at all: let the check run and fail with the target's error
         pytest.skip(f"rank {rank} not supported by the target: {why}")
+
+
+def require_backward(target: BNTarget, *, eval_mode: bool = False, rank: int = 2) -> None:
+    """Skip, with the reason, a check that needs a backward the target does not offer."""
+    if not getattr(target, "has_backward", True):
+        from bnverify.adapter import NO_BACKWARD
+
+        pytest.skip(NO_BACKWARD.format(name="batchnorm_backward"))
+    if eval_mode:
+        why = target.probe_eval_backward(rank)
+        if why is not None:
+            pytest.skip(why)
 
 
 def require_dtype(target: BNTarget, dtype: torch.dtype, device: str) -> int:

@@ -25,6 +25,8 @@ RANKS = (2, 3, 4, 5)
 """Input ranks the suites try: (N, C), (N, C, L), (N, C, H, W), (N, C, D, H, W)."""
 DTYPES = (torch.float64, torch.float32)
 HALF = (torch.float16, torch.bfloat16)
+LARGE_BATCH = 256
+"""Smallest batch of the no-mutation contract's large case: memory-saving paths often start at 128 or 256."""
 
 
 def dtype_id(d: torch.dtype) -> str:

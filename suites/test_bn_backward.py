@@ -21,7 +21,7 @@ from bnverify import diagnose
 from bnverify import tolerances as tols
 from bnverify.adapter import TargetError
 from bnverify.compare import CheckFailure, Comparison, compare, to_f64
-from bnverify.instances import build, require_dtype, require_rank
+from bnverify.instances import build, require_backward, require_dtype, require_rank
 from bnverify.reference import batchnorm as oracle
 from bnverify.strategies import DTYPES, HALF, RANKS, Case, cases, running_stats_for, tensor, upstream_grad
 from bnverify.strategies import dtype_id as _id
@@ -52,6 +52,7 @@ def _compare_grads(grads: Any, refs: tuple[np.ndarray, np.ndarray, np.ndarray], 
 
 def _check_train_grads(target: Any, case: Case, device: str, check: Any) -> None:
     """Training-mode dx, dgamma, dbeta of ``case`` for a random upstream gradient equal the oracle's."""
+    require_backward(target)
     inst, gamma, beta = build(target, case, device, momentum=case.momentum)
     inst.forward(tensor(case.x, case.dtype, device), training=True, grad=True)
     dy = upstream_grad(np.random.default_rng(case.seed + 2), case.shape, case.dtype)
@@ -108,6 +109,9 @@ def test_backward_eval(bn_target, bn_device, bn_check, dtype, data):
     """Eval-mode gradients treat the running statistics as constants: dx = gamma / sqrt(running_var + eps) * dy."""
     ranks = bn_target.supported_ranks(bn_device) or [2]
     rank = data.draw(st.sampled_from(ranks), label="rank")
+    require_backward(bn_target, eval_mode=True, rank=rank)
+    if bn_target.probe_mode_source(bn_device) == "grad":
+        pytest.skip(diagnose.modes.GRAD_MODE_DESIGN)
     case = data.draw(cases(rank, dtype), label="case")
     inst, gamma, beta = build(bn_target, case, bn_device, momentum=case.momentum)
     rm, rv = running_stats_for(case, np.random.default_rng(case.seed + 1))
@@ -140,6 +144,7 @@ def test_backward_eval(bn_target, bn_device, bn_check, dtype, data):
 @given(data=st.data())
 def test_gradcheck(bn_target, bn_device, bn_check, data):
     """The backward agrees with float64 finite differences of the target's own forward."""
+    require_backward(bn_target)
     ranks = bn_target.supported_ranks(bn_device) or [2]
     rank = data.draw(st.sampled_from(ranks), label="rank")
     require_dtype(bn_target, torch.float64, bn_device)

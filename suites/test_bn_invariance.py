@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from bnverify import diagnose
 from bnverify import tolerances as tols
 from bnverify.compare import CheckFailure, Comparison, Swept, compare, sweep_verdict, to_f64
-from bnverify.instances import build, require_rank
+from bnverify.instances import build, require_backward, require_rank
 from bnverify.reference import batchnorm as oracle
 from bnverify.strategies import (
     Case, LayerCase, cases, layer_cases, permutation_cases, tensor, to_dtype_values, upstream_grad,
@@ -141,6 +141,7 @@ def _reduction_len(lc: LayerCase) -> int:
 
 def _target_dz(target: Any, lc: LayerCase, z: np.ndarray, dy: np.ndarray, eps: float, device: str) -> np.ndarray:
     """``dL/dz`` from the target's own backward, for input ``z`` and upstream ``dy``."""
+    require_backward(target)
     case = Case(z, lc.dtype, eps, True, lc.gamma, lc.beta, 0.1, lc.layer, lc.seed)
     inst, _, _ = build(target, case, device, momentum=case.momentum)
     inst.forward(tensor(z, lc.dtype, device), training=True, grad=True)
@@ -163,7 +164,12 @@ def _check_scale_exact(target: Any, case: Case, device: str, check: Any, *, nega
         case.x, gamma, beta, case.eps, case.dtype)
     sign = -1.0 if negative else 1.0
     expected = sign * (y0 - b) + b
+    # exactness is a finding, not a verdict: the check fails beyond the ordinary forward tolerance of the
+    # case (both evaluations within their own bound of the same exact result: triangle inequality); within
+    # it but not bit-exact (a folded scale/shift, an approximate rsqrt) is reported as a detail
+    ordinary = tols.forward_train(case.x, gamma, beta, case.eps, case.dtype)
     rows = []
+    worst_exact = 0.0
     inside = _in_window(case.x, case.eps, case.dtype)
     for a in _sweep(EXACT_EXPONENTS[case.dtype], 2.0):
         if not inside(a):
@@ -171,7 +177,15 @@ def _check_scale_exact(target: Any, case: Case, device: str, check: Any, *, nega
         a = sign * a
         ca = replace(case, x=case.x * a, eps=case.eps * a * a)
         ya, _, _ = _train_out(target, ca, device)
-        rows.append(Swept(a, compare(ya, expected, tol, f"output at a={a:.6g}, eps*a^2={ca.eps:.3g}")))
+        what = f"output at a={a:.6g}, eps*a^2={ca.eps:.3g}"
+        worst_exact = max(worst_exact, compare(ya, expected, tol, what).ratio)
+        rows.append(Swept(a, compare(ya, expected, tols.triangle(ordinary, ordinary, "scaled vs unscaled output"),
+                                     what)))
+    check.metric("exact_ratio", worst_exact)
+    if worst_exact > 1.0:
+        check.detail("note", f"not bit-exact under power-of-two scaling: up to {worst_exact:.3g} x the exact-scaling "
+                             "bound, within the ordinary forward tolerance (a folded scale/shift or approximate "
+                             "elementwise function rounds scaled arguments differently)")
     title = ("sign flip: t(a x; eps a^2) - beta = -(t(x; eps) - beta) for a < 0" if negative
              else "scale invariance with eps scaled: t(a x; eps a^2) = t(x; eps) for a = 2^k")
     sweep_verdict(check, rows, title=title, label="scale", case=case.describe(),
@@ -399,6 +413,7 @@ def test_weight_orthogonality(bn_target, bn_device, bn_check, data):
 @given(data=st.data())
 def test_batch_permutation(bn_target, bn_device, bn_check, data):
     """In training, permuting the batch permutes the output and dx; dgamma, dbeta, running stats unchanged."""
+    require_backward(bn_target)
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
     case = data.draw(permutation_cases(_rank(bn_target, bn_device, data), dtype), label="case")
     rng = np.random.default_rng(case.seed + 7)

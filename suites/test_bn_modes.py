@@ -293,6 +293,49 @@ def test_constructor_defaults(bn_target, bn_device, bn_check):
                            + f"\n  measured by probing {bn_target.name}(num_features) (see `bnverify fingerprint`)")
 
 
+@pytest.mark.bnverify_examples(0.2)
+@given(data=st.data())
+def test_bn_param_defaults(bn_target, bn_device, bn_check, data):
+    """numpy-cs231n: bn_param with only 'mode' (no eps, momentum or running statistics) gets the convention's
+    defaults: eps in the output, the default momentum in the first update from zero statistics."""
+    if bn_target.kind != "numpy-cs231n":
+        pytest.skip(f"kind {bn_target.kind}: measured by test_constructor_defaults (torch-module) or passed on every "
+                    "call (torch-functional)")
+    conv = bn_target.convention
+    case = data.draw(cases(2, torch.float64, max_numel=200), label="case")
+    c = case.shape[1]
+    # variances near the default eps, so that eps shows in the output
+    x = make_input(np.random.default_rng(case.seed + 9), case.shape, "tiny_var", conv.default_eps)
+    inst = instance(bn_target, BNConfig(num_features=c, rank=2, dtype=torch.float64, device=bn_device))
+    gamma, beta = load_params(inst, case, bn_device)
+    for key in ("eps", "momentum", "running_mean", "running_var"):
+        inst.bn_param.pop(key, None)  # type: ignore[attr-defined]
+    out = inst.forward(tensor(x, torch.float64, bn_device), training=True)
+    ref, _ = oracle.forward_train(x, gamma, beta, conv.default_eps)
+    tol = tols.forward_train(x, gamma, beta, conv.default_eps, torch.float64)
+    cmp = compare(out, ref, tol, f"training-mode output with bn_param = {{'mode': 'train'}} (default eps "
+                                 f"{conv.default_eps:g}, {conv.name} convention)")
+    bn_check.observe(cmp.ratio, cmp.max_abs_err)
+    if not cmp.ok:
+        cmp.causes = diagnose.forward.train_output(to_f64(out), x, gamma, beta, conv.default_eps, tol, torch.float64)
+        raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
+    rm, rv = running64(inst, "after a training step from a bn_param without them")
+    zeros = np.zeros(c)
+    w = conv.to_update_fraction(conv.default_momentum)
+    bm, bv = tols.running_update(x, zeros, zeros, w, conv.unbiased_running_var, torch.float64, zeros, zeros)
+    erm, erv, _ = oracle.update_running(zeros, zeros, x, momentum=conv.default_momentum,
+                                        momentum_kind=conv.momentum_kind, unbiased=conv.unbiased_running_var)
+    expl = (f"{conv.describe()}; statistics absent from bn_param start at zero (the course template's "
+            "np.zeros(D)); bound of one two-pass update (bnverify.tolerances.running_update)")
+    for name, got, exp, bnd in (("running_mean", rm, erm, bm), ("running_var", rv, erv, bv)):
+        c_ = _channel_cmp(got, exp, bnd, f"{name} after one step from a bn_param without eps/momentum/statistics", expl)
+        bn_check.observe(c_.ratio, c_.max_abs_err)
+        if not c_.ok:
+            raise CheckFailure(c_.report() + f"\n  likely cause: the default momentum is not {conv.default_momentum:g} "
+                               f"({conv.name}) or the absent statistics do not start at zero"
+                               + f"\n  case: {case.describe()}")
+
+
 # --------------------------------------------------------------------------- eval
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -425,7 +468,7 @@ def test_affine_false(bn_target, bn_device, bn_check, data):
 @pytest.mark.bnverify_examples(0.2)
 @given(data=st.data())
 def test_state_dict_roundtrip(bn_target, bn_device, bn_check, data):
-    """A trained module's state_dict restores running statistics, counter and outputs exactly."""
+    """A trained module's state_dict, loaded into a fresh instance, restores its statistics, counter and outputs."""
     case = _case(bn_target, bn_device, data)
     cfg = config(case, bn_device, momentum=bn_target.convention.default_momentum)
     a = instance(bn_target, cfg)
@@ -434,13 +477,8 @@ def test_state_dict_roundtrip(bn_target, bn_device, bn_check, data):
     load_params(a, case, bn_device)
     _train_some(a, case, bn_device)
     sd = a.call("state_dict()", lambda: a.module.state_dict())
-    missing = [k for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-               if k not in sd and not (k in ("weight", "bias") and not case.affine)]
-    if missing:
-        bn_check.observe(math.inf)
-        raise CheckFailure(f"state_dict() lacks {missing} (has {sorted(sd)}): a saved model loses its running "
-                           "statistics, so eval after loading uses the initial ones\n  likely cause: "
-                           f"{diagnose.modes.STATE_DICT_BUFFERS}")
+    # judged by behaviour, wherever the module keeps its buffers (a submodule, properties): a fresh instance
+    # that loads the state_dict must hold the same statistics and give the same outputs
     b = instance(bn_target, cfg)
     assert isinstance(b, TorchModuleInstance)
     b.call("load_state_dict()", lambda: b.module.load_state_dict(sd))
@@ -461,8 +499,50 @@ def test_state_dict_roundtrip(bn_target, bn_device, bn_check, data):
                         "(is state kept outside state_dict, e.g. a step counter or a cached momentum?)")
     bn_check.observe(float(len(problems)))
     if problems:
-        raise CheckFailure("state_dict round trip is not faithful:\n  " + "\n  ".join(problems)
-                           + f"\n  case: {case.describe()}")
+        stats = ("running_mean", "running_var")
+        keys = [k for k in sd if k.rsplit(".", 1)[-1] in stats]
+        cause = (f"\n  likely cause: {diagnose.modes.STATE_DICT_BUFFERS} (state_dict keys: {sorted(sd)})"
+                 if len(keys) < 2 else "")
+        raise CheckFailure("state_dict round trip is not faithful (a fresh instance loaded with the trained one's "
+                           "state_dict):\n  " + "\n  ".join(problems) + cause + f"\n  case: {case.describe()}")
+
+
+def test_mode_source(bn_target, bn_device, bn_check):
+    """.train()/.eval() choose batch or running statistics (a module that follows grad mode is a named design)."""
+    source = bn_target.probe_mode_source(bn_device)
+    bn_check.detail("mode_source", source)
+    if source == "flag":
+        bn_check.observe(0.0)
+        return
+    if source == "grad":
+        bn_check.detail("note", diagnose.modes.GRAD_MODE_DESIGN)
+        pytest.skip(diagnose.modes.GRAD_MODE_DESIGN)
+    bn_check.observe(math.inf)
+    raise CheckFailure("which statistics the module normalises with does not follow .train()/.eval(): "
+                       "probed with .train() under torch.no_grad() and .eval() with autograd on, running statistics "
+                       f"set to mean 5, variance 4\n  likely cause: {diagnose.modes.MODE_SOURCE[source]}")
+
+
+@pytest.mark.bnverify_examples(0.2)
+@given(data=st.data())
+def test_running_buffers_detached(bn_target, bn_device, bn_check, data):
+    """After training steps with autograd on, the running statistics carry no autograd history."""
+    case = _case(bn_target, bn_device, data)
+    inst, _, _ = build(bn_target, case, bn_device, momentum=bn_target.convention.default_momentum)
+    if not inst.differentiable:
+        pytest.skip(f"kind {bn_target.kind} has no autograd")
+    for x in batches(case, 2):
+        inst.forward(tensor(x, case.dtype, bn_device), training=True, autograd=True)
+    run = inst.get_running()
+    if run is None:
+        pytest.skip("no running statistics")
+    attached = [name for name, t in zip(("running_mean", "running_var"), run)
+                if isinstance(t, torch.Tensor) and (t.requires_grad or t.grad_fn is not None)]
+    bn_check.observe(float(len(attached)))
+    if attached:
+        raise CheckFailure(f"{' and '.join(attached)} require grad / have a grad_fn after two training steps with an "
+                           f"input that requires grad\n  likely cause: {diagnose.modes.GRAPH_IN_BUFFERS}"
+                           f"\n  case: {case.describe()}")
 
 
 def _plan_text(plan: list[tuple[bool, int]]) -> str:

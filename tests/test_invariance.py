@@ -40,6 +40,9 @@ class Recorder:
     def metric(self, name: str, value: float) -> None:
         self.data.setdefault("metrics", {})[name] = value
 
+    def detail(self, name: str, value: Any) -> None:
+        self.data.setdefault("details", {})[name] = value
+
 
 class Draws:
     """Stands in for hypothesis' ``st.data()`` in a suite check: each draw returns the value given for its label."""

@@ -48,10 +48,19 @@ def train_output(
         rm, rv = running
         hyps.append(("the output matches the running statistics: training mode must normalise with the batch's own statistics",
                      lambda: g * (x - per_channel(rm, x.ndim)) / np.sqrt(per_channel(rv, x.ndim) + eps) + b))
+    for e in FIXED_EPS:
+        if abs(e - eps) > 1e-3 * eps:
+            hyps.append((f"the output matches eps = {e:g} everywhere, not the eps it was given ({eps:g}): eps is a "
+                         "constant in the code (a default written into the formula) instead of the argument",
+                         lambda e=e: g * (x - mu) / np.sqrt(var + e) + b))
     causes = matching(actual, tol, hyps)
     if not causes:
         causes += _precision(actual, x, eps, dtype)
     return causes
+
+
+FIXED_EPS = (1e-5, 1e-3, 1e-6, 1e-8, 1e-2, 1e-4, 1e-12, 1e-7)
+"""eps values found written into public implementations' formulas (defaults of torch, Keras, JAX and tutorials)."""
 
 
 def _precision(actual: np.ndarray, x: np.ndarray, eps: float, dtype: torch.dtype) -> list[str]:
@@ -87,6 +96,12 @@ def eval_output(
         ("eval output matches division by running_var + eps without the square root (running_var treated as a std)",
          lambda: g * (x - mean) / (var + eps) + b),
         ("eval output matches gamma and beta swapped", lambda: b * (x - mean) / np.sqrt(var + eps) + g),
+        ("eval output matches (x - running_mean) / sqrt(running_var) without eps: the test-mode formula forgot eps "
+         "(training has it)", lambda: g * (x - mean) / np.sqrt(var) + b),
+        ("eval output matches the normalised input without gamma and beta: the test-mode branch does not apply the "
+         "affine step (training does)", lambda: (x - mean) / np.sqrt(var + eps)),
+        ("eval output matches running_var + 2 eps under the square root: eps is added twice (stored in the running "
+         "variance, var + eps, and added again at test time)", lambda: g * (x - mean) / np.sqrt(var + 2 * eps) + b),
     ]
     return matching(actual, tol, hyps)
 

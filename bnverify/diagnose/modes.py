@@ -186,3 +186,25 @@ SINGLE_VALUE_NONFINITE = "the unbiased factor m/(m-1) with m=1 is 1/0 (bug class
 FOLDED_LAYER = ("eval output is not the per-channel affine map of the running statistics, so a deployed (folded) "
                 "model would disagree with the trained one")
 """Batch norm folded into the preceding Linear/Conv disagrees with the eval output."""
+
+
+# --------------------------------------------------------------------------- what chooses the mode; graph in buffers
+
+GRAD_MODE_DESIGN = (
+    "design deviation: the module chooses training or inference from torch.is_grad_enabled(), not from "
+    ".train()/.eval() (the textbook pattern 'if not torch.is_grad_enabled(): use the moving averages'): under "
+    "torch.no_grad() a module in .train() does not train, and a validation loop run without no_grad() in "
+    ".eval() updates the running statistics.  Accepted as a design; checks that need .eval() with autograd "
+    "on (eval-mode backward) are not run"
+)
+MODE_SOURCE = {
+    "always-train": "the module normalises with the batch statistics whatever .eval() says (is self.training read?)",
+    "always-eval": "the module normalises with the running statistics even in .train() (is self.training read the "
+                   "right way round?)",
+    "unknown": "neither .train()/.eval() nor grad mode explains which statistics the module normalises with",
+}
+GRAPH_IN_BUFFERS = (
+    "the running statistics are assigned from batch statistics that are still attached to the graph "
+    "(running_mean = (1-m) * running_mean + m * mean without .detach() or torch.no_grad()): every step's graph is "
+    "kept alive through the buffers, memory grows with each step, and a second backward through them fails"
+)

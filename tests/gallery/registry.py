@@ -20,6 +20,7 @@ __all__ = [
     "BACKWARD_CHECKS",
     "FORWARD_BACKWARD_BUGS",
     "CORRECT",
+    "CORRECT_PUBLIC",
     "resolve",
     "bug_by_id",
 ]
@@ -212,11 +213,29 @@ CORRECT: tuple[tuple[str, str | None], ...] = (
 )
 
 
+_C = "tests.gallery.course."
+_P = "tests.gallery.public_torch:"
+
+CORRECT_PUBLIC: tuple[tuple[str, str | None], ...] = (
+    # course-shaped: cs231n/layers.py as students hand it in (tests/gallery/course/)
+    (_C + "staged", None),  # seed 002's staged backward, test-mode cache None, spatial via transpose-reshape
+    (_C + "compact", None),  # the compact closed-form backward (batchnorm_backward_alt)
+    (_C + "stub_spatial", None),  # spatial_batchnorm_* left as the template's stub
+    (_C + "forward_only", None),  # a tutorial's forward, no batchnorm_backward
+    # torch-shaped: re-implementations as public code writes them (tests/gallery/public_torch.py)
+    (_P + "FoldedBatchNorm", None),  # y = x * scale + shift, scale = gamma / sqrt(var + eps)
+    (_P + "SubmoduleStatsBatchNorm", None),  # statistics in a registered submodule, exposed as properties
+    (_P + "GradModeBatchNorm", None),  # mode from torch.is_grad_enabled(): a named design
+)
+"""Correct targets written the way public code writes them; with ``CORRECT`` they must pass on 20 seeds
+(``tests/test_false_failures.py``), every suite of the quick tier."""
+
+
 def resolve(target: str) -> Any:
-    """Import ``MODULE:ATTR`` and return the attribute."""
+    """Import ``MODULE:ATTR`` and return the attribute (``MODULE`` alone: the module)."""
     module, _, attr = target.partition(":")
     obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
+    for part in attr.split(".") if attr else ():
         obj = getattr(obj, part)
     return obj
 
