@@ -418,7 +418,7 @@ def load_idx_dir(path: str | os.PathLike[str]) -> Split:
         )
 
     def flat(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((a.reshape(a.shape[0], -1).astype(np.float32) / np.float32(255.0)))
+        return np.ascontiguousarray(a.reshape(a.shape[0], -1).astype(np.float32) / np.float32(255.0))
 
     split = Split(
         flat(arrays["train_images"]),

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -97,6 +97,30 @@ def _key(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------ per-seed runs, twins
+
+
+class _LrRun(TypedDict):
+    """One seed's result at one learning rate (:func:`claim_lr_sweep`)."""
+
+    bn: float
+    no_bn: float
+    bn_status: str
+    no_bn_status: str
+    bn_txt: str
+    no_bn_txt: str
+
+
+class _LrRow(TypedDict):
+    """One learning rate's summary over seeds (:func:`claim_lr_sweep`)."""
+
+    lr: float
+    bn_acc: float
+    no_bn_acc: float
+    outcome: str
+    bn: list[str]
+    no_bn: list[str]
+    bn_status: list[str]
+    no_bn_status: list[str]
 
 
 #: Per-seed results of the reference and twin experiments, by (experiment, who, data, seed, device).
@@ -381,8 +405,8 @@ def claim_lr_sweep(
     trains_at, fails_at = (1 + chance) / 2, chance + 0.10
     key = ("lr-sweep", tuple(lrs), epochs)
 
-    def run(f: NormFactory, sp: Split, s: int) -> dict[str, Any]:
-        out = {}
+    def run(f: NormFactory, sp: Split, s: int) -> dict[float, _LrRun]:
+        out: dict[float, _LrRun] = {}
         for lr in lrs:
             q = Protocol(epochs=epochs, lr=lr, seeds=(s,))
             b, n = train(f, sp, q, s, device, label="bn"), train(None, sp, q, s, device, label="no-bn")
@@ -390,12 +414,16 @@ def claim_lr_sweep(
                        "bn_txt": _trains(b), "no_bn_txt": _trains(n)}
         return out
 
-    def stats(r: dict[str, Any]) -> dict[str, float]:
-        return {f"{who}@{lr:g}": r[lr][who] for lr in lrs for who in ("bn", "no_bn")}
+    whos: tuple[Literal["bn", "no_bn"], ...] = ("bn", "no_bn")
+
+    def stats(r: dict[float, _LrRun]) -> dict[str, float]:
+        return {f"{who}@{lr:g}": r[lr][who] for lr in lrs for who in whos}
 
     runs = _runs(key, norm_factory, split, seeds, device, run)
     diffs = _twin_differences(key, split, seeds, device, run, stats, twin)
-    rows, bands, per_rate = [], [], []
+    rows: list[_LrRow] = []
+    bands: list[B.Band] = []
+    per_rate: list[str] = []
     for lr in lrs:
         a_bn, a_n = [r[lr]["bn"] for r in runs], [r[lr]["no_bn"] for r in runs]
         b1 = B.band(f"lr {lr:g}: batch-norm accuracy", a_bn, trains_at, run_differences=diffs.get(f"bn@{lr:g}", ()),
@@ -661,7 +689,7 @@ def claim_placement(
 
 
 def claim_batch_regularisation(
-    split: Split, norm_factory: NormFactory, device: Any = "cpu", seeds: Sequence[int] = CLAIM_SEEDS,
+    split: Split, norm_factory: NormFactory | None, device: Any = "cpu", seeds: Sequence[int] = CLAIM_SEEDS,
     epochs: int = 20, lr: float = 0.1, batch_size: int = 256, ghost_sizes: tuple[int, int] = (16, 256),
     twin: bool = True,
 ) -> ClaimResult:
@@ -687,8 +715,8 @@ def claim_batch_regularisation(
     key = ("batch-regularisation", epochs, lr, batch_size, ghost_sizes)
     p = Protocol(epochs=epochs, lr=lr, batch_size=batch_size, eval_train=True, seeds=tuple(seeds))
 
-    def run(f: NormFactory, sp: Split, s: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def run(f: NormFactory, sp: Split, s: int) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
         for gsize in (small, large):
             def factory(n: int, g: int = gsize) -> nn.Module:
                 return GhostNorm(f(n), g)
@@ -701,7 +729,7 @@ def claim_batch_regularisation(
                           "train_acc": c.train_eval_acc[-1] if ok else float("nan")}
         return out
 
-    def stats(r: dict[str, Any]) -> dict[str, float]:
+    def stats(r: dict[int, dict[str, Any]]) -> dict[str, float]:
         return {"gap_difference": r[large]["gap"] - r[small]["gap"]}
 
     runs = _runs(key, norm_factory, split, seeds, device, run)
@@ -709,10 +737,10 @@ def claim_batch_regularisation(
     band = B.band(f"generalisation gap, batch norm over {large} minus over {small} rows",
                   [stats(r)["gap_difference"] for r in runs], 0.0, run_differences=diffs.get("gap_difference", ()),
                   fmt="{:.4f}")
-    literal = {}
+    literal: dict[str, dict[str, float | str]] = {}
     for b in (small, large):
         q = Protocol(epochs=max(1, epochs // 4), batch_size=b, eval_train=True, seeds=(seeds[0],))
-        f = norm_factory or _reference_factory
+        f = _reference_factory if norm_factory is None else norm_factory
         c = train(f, split, q, seeds[0], device, label=f"batch-{b}")
         if c.ok:
             literal[f"batch_{b}"] = {

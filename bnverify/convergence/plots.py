@@ -31,8 +31,9 @@ def plot_curves(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    verdict = data if isinstance(data, ConvergenceVerdict) else None
-    if verdict is not None:
+    verdict: ConvergenceVerdict | None = None
+    if isinstance(data, ConvergenceVerdict):
+        verdict = data
         groups: dict[str, list[Curve]] = {  # drawn in this order: the target on top
             "reference": verdict.reference, "no-bn": verdict.nobn, "target": verdict.target,
         }

@@ -295,11 +295,11 @@ def train(
                 if epoch == 1:
                     curve.initial_loss = float(loss_t[0])
                 if bool(bad.any()):
-                    step = int(bad.nonzero()[0, 0]) + 1
+                    bad_step = int(bad.nonzero()[0, 0]) + 1
                     curve.status = "diverged"
                     curve.message = (
-                        f"training loss became {float(loss_t[step - 1])} at epoch {epoch}, "
-                        f"step {step} of {steps}"
+                        f"training loss became {float(loss_t[bad_step - 1])} at epoch {epoch}, "
+                        f"step {bad_step} of {steps}"
                         + (f" (lr {protocol.lr})" if optimizer is None else "")
                     )
                     return curve

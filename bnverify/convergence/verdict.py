@@ -141,9 +141,9 @@ class ConvergenceVerdict:
         for k, v in self.final.items():
             out[f"final_{k}"] = v
         for who in ("target", "reference", "nobn"):
-            v = self.epochs_to_target.get(who)
-            if v is not None:
-                out[f"epochs_to_target_{who}"] = v
+            ett = self.epochs_to_target.get(who)
+            if ett is not None:
+                out[f"epochs_to_target_{who}"] = ett
             out[f"nonconverged_{who}"] = float(self.epochs_to_target.get(f"{who}_nonconverged", 0))
         if self.speedup is not None:
             out["bn_speedup"] = self.speedup
@@ -355,7 +355,7 @@ def compare(
     reasons: list[str] = []
     speed_fail = False
     ref_converges = r_nc <= 1 and r_ol is not None
-    if ref_converges:
+    if ref_converges and r_ol is not None:  # r_ol is not None is implied by ref_converges
         r_fin = [x for x in r_e if x is not None]
         s_e = _sd(r_fin)
         delta = float(_binomial_floor(goal, n_test, zq))
