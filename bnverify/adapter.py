@@ -374,11 +374,12 @@ class Cs231nInstance(BNInstance):
     def backward(self, dout: torch.Tensor) -> Grads:
         if self._x is None:
             raise RuntimeError("backward() without a forward")
-        if self.bwd is None:
+        bwd = self.bwd
+        if bwd is None:
             raise NotSupported(NO_BACKWARD.format(name=self.bwd_name))
         dn = dout.detach().cpu().numpy()
         name = self.bwd_name
-        res = self.call(name, lambda: self.bwd(dn, self._cache))
+        res = self.call(name, lambda: bwd(dn, self._cache))
         if self.cfg.rank == 4 and (res is None or (isinstance(res, tuple) and len(res) >= 1 and res[0] is None)):
             raise self._stub(f"{name} (returns {res!r})")
         if not (isinstance(res, tuple) and len(res) == 3):

@@ -344,7 +344,12 @@ def run(spec: str, *, kind: str | None = None, device: str = "cpu", as_json: boo
     """Load, probe, format: what ``bnverify fingerprint`` prints."""
     from bnverify.loading import load_target
 
+    from bnverify.adapter import BNTarget
+    from bnverify.target import TargetLoadError
+
     target = load_target(spec, kind=kind)
+    if not isinstance(target, BNTarget):
+        raise TargetLoadError(f"{spec!r} is a {target.family.title} target; this fingerprint is batch norm's")
     fp = fingerprint(target, device)
     return fp.to_json() if as_json else fp.table()
 

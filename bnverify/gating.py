@@ -146,6 +146,7 @@ def markdown_summary(summary: RunSummary, *, fingerprint: str | None = None, run
         "",
         f"Reproduce: `{summary.reproduce or 'bnverify check ' + summary.target} --seed {summary.seed}`",
     ]
+    rows: list[tuple[Any, ...]]
     if failed:
         rows = [(r.suite, f"`{r.check}`", _ratio(r.worst_ratio), _md_cell(_first_line(r.message)),
                  _md_cell(likely_cause(r.message))) for r in failed]

@@ -310,7 +310,9 @@ def sensitivity_floor(
 
     with np.errstate(all="ignore"):
         for _ in range(SENSITIVITY_TRIALS):
-            out = fn(jiggle(x), jiggle(gamma), jiggle(dy))
+            x_j = jiggle(x)
+            assert x_j is not None  # x is never None; gamma and dy may be
+            out = fn(x_j, jiggle(gamma), jiggle(dy))
             out_t = (out,) if single else out
             for i, (o, b) in enumerate(zip(out_t, base_t)):
                 d = np.abs(np.asarray(o, dtype=np.float64) - np.asarray(b, dtype=np.float64))

@@ -50,9 +50,12 @@ def train_output(
                      lambda: g * (x - per_channel(rm, x.ndim)) / np.sqrt(per_channel(rv, x.ndim) + eps) + b))
     for e in FIXED_EPS:
         if abs(e - eps) > 1e-3 * eps:
+            def with_fixed_eps(e: float = e) -> np.ndarray:
+                return g * (x - mu) / np.sqrt(var + e) + b
+
             hyps.append((f"the output matches eps = {e:g} everywhere, not the eps it was given ({eps:g}): eps is a "
                          "constant in the code (a default written into the formula) instead of the argument",
-                         lambda e=e: g * (x - mu) / np.sqrt(var + e) + b))
+                         with_fixed_eps))
     causes = matching(actual, tol, hyps)
     if not causes:
         causes += _precision(actual, x, eps, dtype)
