@@ -20,6 +20,8 @@ from bnverify import cli, mnist, tracking
 from bnverify.runner import check, run_pytest
 from tests.gallery.registry import bug_by_id
 
+pytestmark = pytest.mark.slow  # training studies: run by `pytest -m slow` and .ci/run
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--bn-convergence-epochs", "10"]
 

@@ -211,6 +211,7 @@ def _sweep_one(target, seed: int, n: int) -> tuple[int, float]:
     return tests, worst[0]
 
 
+@pytest.mark.slow
 def test_correct_initialisers_never_fail_false_failure_sweep(capsys):
     """torch.nn.init's 7 functions x 50 seeds and the two other conventions' correct forms x 10 seeds, every
     statistical check at n = INIT_MIN_SAMPLES (where the thresholds' derivation is tightest): no failure.

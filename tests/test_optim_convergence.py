@@ -19,6 +19,8 @@ import torch
 from bnverify.convergence import optim as oc
 from bnverify.runner import check
 
+pytestmark = pytest.mark.slow  # training studies: run by `pytest -m slow` and .ci/run
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--bn-convergence-epochs", "10"]
 
