@@ -369,6 +369,21 @@ class DiffRow:
     metric: str
     a: float | None
     b: float | None
+    noise: float | None = None  # a timing's combined 95% CI half-width (bench), when both runs measured it
+
+
+#: A benchmark timing and the metric that holds its noise: the 95% CI half-width of the median.
+_TIMING_NOISE = {"median_ms": "ci95_half_ms"}
+
+
+def timing_noise(key: str, metric: str, ma: dict[str, float], mb: dict[str, float]) -> float | None:
+    """sqrt(ci_A^2 + ci_B^2) for a bench median both runs measured with its CI, else None."""
+    sibling = _TIMING_NOISE.get(metric)
+    if sibling is None:
+        return None
+    other = key[: len(key) - len(metric)] + sibling
+    ca, cb = ma.get(other), mb.get(other)
+    return None if ca is None or cb is None else math.hypot(ca, cb)
 
 
 def _differs(metric: str, a: float | None, b: float | None, rtol: float, atol: float = 0.0) -> bool:
@@ -394,7 +409,11 @@ def diff_runs(
         if timing and not timings:
             continue
         va, vb = ma.get(key), mb.get(key)
-        if _differs(metric, va, vb, timing_rtol if timing else rtol, 0.0 if timing else atol):
+        noise = timing_noise(key, metric, ma, mb) if timing else None
+        if noise is not None and va is not None and vb is not None:
+            if abs(vb - va) > noise:  # a bench timing: news only beyond both runs' noise
+                rows.append(DiffRow(check, metric, va, vb, noise))
+        elif _differs(metric, va, vb, timing_rtol if timing else rtol, 0.0 if timing else atol):
             rows.append(DiffRow(check, metric, va, vb))
     rows.sort(key=lambda r: (r.check != "(invocation)", r.check, r.metric != "pass", r.metric))
     return rows
@@ -455,10 +474,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{len(differing)} of {len(checks)} checks differ" + ("" if args.timings else " (timings not compared)"))
         table_rows: list[list[str]] = []
         last = None
+        noisy = any(r.noise is not None for r in rows)
         for r in rows:
-            table_rows.append([r.check if r.check != last else "", r.metric, _fmt(r.a), _fmt(r.b)])
+            row = [r.check if r.check != last else "", r.metric, _fmt(r.a), _fmt(r.b)]
+            table_rows.append(row + ([f"±{r.noise:.3g}" if r.noise is not None else ""] if noisy else []))
             last = r.check
-        print(table(table_rows, ["check", "metric", "A", "B"]))
+        print(table(table_rows, ["check", "metric", "A", "B"] + (["noise (95%)"] if noisy else [])))
         return 1
 
     return _run_query(args, body)

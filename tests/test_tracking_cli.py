@@ -191,3 +191,18 @@ def test_sync_command_replays_once(store: str, capsys: pytest.CaptureFixture[str
     assert rc == 0 and text.startswith("nothing to sync")
     rc, text, _ = cli(capsys, "history", "pkg.mod:MyBN", "--tracking-uri", store)
     assert rc == 0 and text.startswith("pkg.mod:MyBN: 1 run(s)")
+
+
+def test_compare_reports_a_bench_timing_only_beyond_both_runs_noise():
+    from types import SimpleNamespace
+
+    from bnverify.tracking_cli import diff_runs
+
+    def run(median, ci):
+        metrics = {"bench/test_bench_case.median_ms": median, "bench/test_bench_case.ci95_half_ms": ci}
+        return SimpleNamespace(data=SimpleNamespace(metrics=metrics))
+
+    quiet = diff_runs(run(10.0, 0.3), run(10.4, 0.4), timings=True)
+    assert [r.metric for r in quiet if r.metric == "median_ms"] == []  # 0.4 ms < sqrt(0.3^2 + 0.4^2) = 0.5 ms
+    slower = [r for r in diff_runs(run(10.0, 0.3), run(20.0, 0.4), timings=True) if r.metric == "median_ms"]
+    assert len(slower) == 1 and abs(slower[0].noise - 0.5) < 1e-12
