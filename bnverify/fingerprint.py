@@ -106,12 +106,10 @@ class Fingerprint:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
 
     def table(self) -> str:
+        from bnverify.tables import key_values
+
         rows = [(k.replace("_", " "), _fmt(v)) for k, v in self.entries.items()]
-        w = max(len(r[0]) for r in rows)
-        lines = [f"bnverify fingerprint: {self.target} (kind {self.kind})", ""]
-        for k, v in rows:
-            lines.append(f"  {k.ljust(w)}  {v}")
-        return "\n".join(lines)
+        return f"bnverify fingerprint: {self.target} (kind {self.kind})\n\n" + key_values(rows, indent="  ")
 
 
 def _fmt(v: Any) -> str:

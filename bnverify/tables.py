@@ -23,3 +23,9 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], *, markdown: bo
         else:
             kw["colalign"] = list(align)
     return tabulate(rows, headers=list(headers), tablefmt="github" if markdown else "simple", **kw)
+
+
+def key_values(pairs: Iterable[tuple[str, Any]], *, indent: str = "") -> str:
+    """``name  value`` lines with the names aligned (fingerprints, summaries of one run)."""
+    text = tabulate([[k, "" if v is None else v] for k, v in pairs], tablefmt="plain", disable_numparse=True)
+    return "\n".join(indent + line.rstrip() for line in text.splitlines())

@@ -443,8 +443,9 @@ def fingerprint(target: InitTarget, device: str = "cpu", as_json: bool = False) 
     res = {"target": target.spec, "reference": target.reference, **probe(target)}
     if as_json:
         return json.dumps(res, indent=2)
-    width = max(len(k) for k in res)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in res.items())
+    from bnverify.tables import key_values
+
+    return key_values(res.items())
 
 
 FAMILY = Family(
