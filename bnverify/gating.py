@@ -195,11 +195,36 @@ def ci_example(target: str = "mypkg.bn:MyBatchNorm", extra: str = "", install: s
     """A GitHub Actions workflow that gates on bnverify: quick tier on every push, full tier nightly."""
     flags = f" {extra.strip()}" if extra.strip() else ""
     t = shlex.quote(target)
-    quick = (f"bnverify check {t}{flags} --tier quick --xfails bnverify-xfails.txt "
-             "--junitxml bnverify-quick.xml --summary bnverify-quick.md")
-    full = (f"bnverify check {t}{flags} --tier full --xfails bnverify-xfails.txt "
-            "--junitxml bnverify-full.xml --summary bnverify-full.md")
-    return f"""\
+
+    def job(tier: str, when: str, minutes: int) -> str:
+        command = (f"bnverify check {t}{flags} --tier {tier} --xfails bnverify-xfails.txt "
+                   f"--junitxml bnverify-{tier}.xml --summary bnverify-{tier}.md")
+        return f"""\
+  {tier}:
+    if: github.event_name {when} 'schedule'
+    runs-on: ubuntu-latest
+    timeout-minutes: {minutes}
+    env:
+      MLFLOW_TRACKING_URI: ${{{{ secrets.MLFLOW_TRACKING_URI }}}}
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        with:
+          python-version: "3.11"
+      - run: {install}
+      - run: touch bnverify-xfails.txt
+      - run: {command}
+      - uses: actions/upload-artifact@v4
+        if: always()
+        with:
+          name: bnverify-{tier}
+          path: |
+            bnverify-{tier}.xml
+            bnverify-{tier}.md
+            .bnverify/
+"""
+
+    return """\
 # bnverify in CI: the quick tier gates every push and pull request; the full tier (convergence)
 # runs nightly. Results go to the team's MLflow server when the MLFLOW_TRACKING_URI secret is set
 # (otherwise to a local store in the runner, uploaded as an artifact). Accepted deviations live in
@@ -211,48 +236,4 @@ on:
   schedule:
     - cron: "0 3 * * *"
 jobs:
-  quick:
-    if: github.event_name != 'schedule'
-    runs-on: ubuntu-latest
-    timeout-minutes: 15
-    env:
-      MLFLOW_TRACKING_URI: ${{{{ secrets.MLFLOW_TRACKING_URI }}}}
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "3.11"
-      - run: {install}
-      - run: touch bnverify-xfails.txt
-      - run: {quick}
-      - uses: actions/upload-artifact@v4
-        if: always()
-        with:
-          name: bnverify-quick
-          path: |
-            bnverify-quick.xml
-            bnverify-quick.md
-            .bnverify/
-  full:
-    if: github.event_name == 'schedule'
-    runs-on: ubuntu-latest
-    timeout-minutes: 60
-    env:
-      MLFLOW_TRACKING_URI: ${{{{ secrets.MLFLOW_TRACKING_URI }}}}
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "3.11"
-      - run: {install}
-      - run: touch bnverify-xfails.txt
-      - run: {full}
-      - uses: actions/upload-artifact@v4
-        if: always()
-        with:
-          name: bnverify-full
-          path: |
-            bnverify-full.xml
-            bnverify-full.md
-            .bnverify/
-"""
+""" + job("quick", "!=", 15) + job("full", "==", 60)
