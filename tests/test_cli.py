@@ -149,3 +149,11 @@ def test_a_check_leaves_nothing_but_the_store_in_the_users_directory(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert proc.stdout.startswith("bnverify: checking torch (batch norm, kind torch-module, convention torch), seed ")
+
+
+def test_nan_from_a_full_precision_target_is_named_not_blamed_on_cancellation():
+    code, summary = check("tests.hostile_targets:ReturnsNaN", suites=["forward"], max_examples=2,
+                          extra=["-k", "test_forward_train"])
+    msgs = [r.message for r in summary.results if r.failed]
+    assert code == 1 and msgs
+    assert all("returned NaN/inf for" in m and "cancellation" not in m for m in msgs), msgs[0]

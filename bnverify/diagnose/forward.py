@@ -73,9 +73,17 @@ def _precision(actual: np.ndarray, x: np.ndarray, eps: float, dtype: torch.dtype
     mu = x.mean(axis=axes)
     var = ((x - per_channel(mu, x.ndim)) ** 2).mean(axis=axes)
     kappa = float(np.max(np.sqrt(mu**2 + var) / np.sqrt(var + eps)))
-    if not np.all(np.isfinite(actual)) and dtype in (torch.float16, torch.bfloat16):
+    bad = int(np.size(actual) - np.count_nonzero(np.isfinite(actual)))
+    with np.errstate(over="ignore"):  # evidence: do this input's sums of squares overflow when kept in float16?
+        overflows = dtype == torch.float16 and bool(
+            np.any(np.isinf(np.sum(x.astype(np.float16) ** 2, axis=axes, dtype=np.float16))))
+    if bad and overflows:
         out.append("NaN/inf with 16-bit input: sums or sums of squares kept in 16 bits overflow (float16 max 65504); "
                    "accumulate statistics in float32")
+    elif bad:  # no hypothesis explains a NaN in full precision: say what was observed, guess nothing
+        m = int(np.size(x) // x.shape[1])
+        out.append(f"the target returned NaN/inf for {bad} of {np.size(actual)} values, for input of shape "
+                   f"{tuple(x.shape)} ({m} values per channel) where the reference is finite everywhere")
     elif kappa > tols.CANCELLATION_KAPPA:
         out.append(f"the error grows with |mean|/std (here up to {kappa:.3g}): the variance is probably computed as "
                    "E[x^2] - E[x]^2 (catastrophic cancellation); compute it in two passes or with Welford's update")
