@@ -158,7 +158,27 @@ class TorchModuleInstance(BNInstance):
         return Grads(xin.grad, None if w is None else w.grad, None if b is None else b.grad)
 
     def get_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        return getattr(self.module, "weight", None), getattr(self.module, "bias", None)
+        w, b = getattr(self.module, "weight", None), getattr(self.module, "bias", None)
+        for name, t in (("weight", w), ("bias", b)):
+            if isinstance(t, torch.Tensor):
+                self._check_param_shape(name, t)
+        return w, b
+
+    def _check_param_shape(self, name: str, t: torch.Tensor) -> None:
+        """``weight``/``bias`` of shape ``(C,)`` as in ``torch.nn.BatchNorm2d``; a ``(1, C)`` or ``(1, C, 1, 1)``
+        parameter (the textbook shape that broadcasts against the input) is named as such."""
+        c = self.cfg.num_features
+        shape = tuple(t.shape)
+        if shape == (c,):
+            return
+        if t.numel() == c and len(shape) >= 2 and shape[1] == c:
+            raise TargetError(
+                f"{self.target.name}.{name} has shape {shape}: parameters kept as (1, C{', 1' * (len(shape) - 2)}) "
+                f"rows that broadcast against the input; torch.nn.BatchNorm2d's weight and bias have shape "
+                f"(num_features,) = ({c},), which optimizers, state_dict and folding into a Conv/Linear rely on "
+                f"(reshape them inside forward instead)")
+        raise TargetError(f"{self.target.name}.{name} has shape {shape}; expected (num_features,) = ({c},) as in "
+                          "torch.nn.BatchNorm2d")
 
     def set_params(self, gamma: torch.Tensor, beta: torch.Tensor) -> None:
         w, b = self.get_params()
@@ -390,6 +410,13 @@ class Cs231nInstance(BNInstance):
                 raise TargetError(f"{self.target.name} {name} returned {gname} of type {type(a).__name__}")
             outs.append(torch.from_numpy(np.array(a, copy=True)))
         dx, dg, db = outs
+        c = self.cfg.num_features
+        for gname, g in (("dgamma", dg), ("dbeta", db)):
+            if tuple(g.shape) != (c,) and g.numel() == c and g.dim() >= 2 and g.shape[1] == c:
+                raise TargetError(
+                    f"{self.target.name} {name} returned {gname} of shape {tuple(g.shape)} for gamma and beta of shape "
+                    f"({c},): the course's layers.py gives gamma, beta and their gradients shape (D,); a sum with "
+                    "keepdims=True (or parameters kept as (1, D) rows) gives (1, D): sum over axis 0 without keepdims")
         if tuple(dx.shape) != tuple(self._x.shape):
             raise TargetError(f"{self.target.name} {name} returned dx of shape {tuple(dx.shape)} for input {tuple(self._x.shape)}")
         if dx.dtype != self._x.dtype and self._x.dtype == torch.float32 and dx.dtype == torch.float64:

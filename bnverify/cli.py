@@ -1,6 +1,7 @@
 """``bnverify``: the command line, a thin wrapper over the pytest plugin.
 
-    bnverify check TARGET [--kind K] [--convention C] [--reference R] [--tier quick|full]
+    bnverify check TARGET [--kind K] [--convention C [--eps E] [--momentum M] [--momentum-meaning
+                          new-weight|old-decay] [--running-var biased|unbiased]] [--reference R] [--tier quick|full]
                           [--suite NAME ...] [--device cpu|cuda] [--mnist PATH]
                           [--tracking-uri URI | --no-tracking] [--junitxml PATH]
 
@@ -86,7 +87,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from bnverify.target import TargetLoadError
 
     try:  # fail fast, with one line, before pytest starts
-        load_target(args.target, kind=args.bn_kind, convention=args.bn_convention, reference=args.bn_reference)
+        load_target(args.target, kind=args.bn_kind, convention=args.bn_convention, reference=args.bn_reference,
+                    aspects=options.aspects(lambda dest: getattr(args, dest, None)))
     except TargetLoadError as exc:
         print(f"bnverify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

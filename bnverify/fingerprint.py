@@ -317,6 +317,13 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
     _safe(fp, "half_input_statistics_dtype", half)
 
     fp.set("matches_convention", _matching(state))
+    from bnverify.conventions import flags_for
+
+    measured = {"momentum_kind": state["kind"]} if "kind" in state else {}
+    measured.update({k: state[k] for k in ("unbiased", "default_eps", "default_momentum") if k in state})
+    flags = " ".join(flags_for(measured, target.family.default_convention(target.kind)))
+    fp.set("check_flags", flags, f"to check this target as it is: bnverify check {target.spec or target.name} {flags}"
+           + ("" if "default_eps" in state else " (defaults not measured, so not flagged)"))
     return fp
 
 

@@ -101,8 +101,12 @@ def load_target(
     convention: str | None = None,
     reference: str | None = None,
     call_timeout: float | None = None,
+    aspects: dict[str, Any] | None = None,
 ) -> Target:
-    """Load a target of any family; raises ``TargetLoadError`` with one clear line on any problem."""
+    """Load a target of any family; raises ``TargetLoadError`` with one clear line on any problem.
+
+    ``aspects``: convention aspects set on their own (``{"eps": 1e-6, "running_var": "biased"}``, from
+    ``--eps``, ``--momentum``, ``--momentum-meaning``, ``--running-var``), applied over the convention."""
     spec = spec or os.environ.get(ENV_VAR)
     if not spec:
         raise TargetLoadError(
@@ -144,6 +148,13 @@ def load_target(
     if convention is not None:
         try:
             target.convention = fam.conventions[fam.resolve_convention(convention, target.kind)]
+        except ValueError as exc:
+            raise TargetLoadError(str(exc)) from None
+    if aspects:
+        from bnverify.conventions import apply_aspects
+
+        try:
+            target.convention = apply_aspects(target.convention, aspects, fam.title, target.kind)
         except ValueError as exc:
             raise TargetLoadError(str(exc)) from None
     target.reference = _reference(fam, target, reference)

@@ -12,6 +12,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from bnverify import conventions as _conventions
 from bnverify import families
 from bnverify.target import DEFAULT_CALL_TIMEOUT_S
 
@@ -79,6 +80,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("kind", "target kind, when it cannot be detected: " + families.kinds_help(), choices=families.all_kinds),
     Option("convention", "the convention the target follows, per family: " + families.conventions_help(),
            choices=families.all_conventions),
+    Option("eps", "batch norm: the target's default eps (constructor or bn_param default), overriding the "
+           "convention's; the convention's name then shows it (torch+eps=1e-6)", type=_conventions.parse_eps,
+           metavar="FLOAT"),
+    Option("momentum", "batch norm: the target's default momentum, in its momentum meaning, overriding the "
+           "convention's", type=_conventions.parse_momentum, metavar="FLOAT"),
+    Option("momentum-meaning", "batch norm: what momentum m means, overriding the convention: new-weight "
+           "(r = (1-m) r + m batch, torch) or old-decay (r = m r + (1-m) batch, keras/flax/cs231n)",
+           choices=lambda: list(_conventions.MOMENTUM_MEANINGS)),
+    Option("running-var", "batch norm: the variance averaged into running_var, overriding the convention: "
+           "unbiased (m/(m-1) times the batch variance, torch) or biased (keras/flax/cs231n)",
+           choices=lambda: list(_conventions.RUNNING_VARS)),
     Option("reference", "the reference the target is held to, for families that offer a choice "
            "(inferred where the target's name says it)", metavar="NAME"),
     Option("tier", "quick: the CI gate (equivalence, modes, invariance); full: adds the training studies "
@@ -123,6 +135,21 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 TARGET_HELP = "MODULE:ATTR, MODULE, or a built-in name (torch, reference)"
+
+
+ASPECT_OPTIONS = ("eps", "momentum", "momentum-meaning", "running-var")
+"""Options that set one aspect of the (batch-norm) convention on its own (``bnverify.conventions.ASPECTS``)."""
+
+
+def aspects(get: Callable[[str], Any]) -> dict[str, Any]:
+    """The aspect options given, ``{"eps": 1e-6, "running_var": "biased"}``, read with ``get(dest)``
+    (``config.getoption`` in the plugin, ``getattr(args, ...)`` in the CLI)."""
+    out = {}
+    for name in ASPECT_OPTIONS:
+        value = get(option(name).dest)
+        if value is not None:
+            out[name.replace("-", "_")] = value
+    return out
 
 
 def option(name: str) -> Option:

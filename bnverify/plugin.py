@@ -55,12 +55,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if not spec:
         return
     from bnverify.loading import load_target
+    from bnverify.options import aspects
     from bnverify.target import TargetLoadError
 
     try:
         target = load_target(
             spec, kind=config.getoption("bn_kind"), convention=config.getoption("bn_convention"),
             reference=config.getoption("bn_reference"), call_timeout=config.getoption("bn_timeout"),
+            aspects=aspects(config.getoption),
         )
     except TargetLoadError as exc:
         raise pytest.UsageError(f"bnverify: {exc}") from None

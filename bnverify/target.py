@@ -163,8 +163,11 @@ class Target:
         if not self.kind_detected:
             flags += ["--kind", self.kind]
         fam = self.family
-        if self.convention is not None and self.convention.name != fam.default_convention(self.kind):
-            flags += ["--convention", self.convention.name]
+        if self.convention is not None:
+            base = getattr(self.convention, "base", "") or self.convention.name  # a composed convention's named one
+            if base != fam.default_convention(self.kind):
+                flags += ["--convention", base]
+            flags += list(getattr(self.convention, "aspect_flags", ()))  # e.g. --running-var biased
         if self.reference is not None and self.reference != fam.infer_reference(self.obj, self.kind):
             flags += ["--reference", self.reference]
         return flags

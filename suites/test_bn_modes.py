@@ -160,7 +160,7 @@ def _check_running_stats(target: Any, case: Case, device: str, check: Any, *, mo
         return
     first_bad = next(c for c in cmps if not c.ok)
     first_bad.causes = diagnose.modes.running_statistics(conv, xs, rm0, rv0, momentum, means, vars_,
-                                                         ref.mean_bounds, ref.var_bounds)
+                                                         ref.mean_bounds, ref.var_bounds, eps=case.eps)
     raise CheckFailure(first_bad.report() + f"\n  {_momentum_label(conv, momentum)}; running statistics started at "
                        f"mean {rm0.round(4).tolist()[:4]}, var {rv0.round(4).tolist()[:4]}"
                        + f"\n  case: {case.describe()}")
@@ -317,7 +317,8 @@ def test_bn_param_defaults(bn_target, bn_device, bn_check, data):
                                  f"{conv.default_eps:g}, {conv.name} convention)")
     bn_check.observe(cmp.ratio, cmp.max_abs_err)
     if not cmp.ok:
-        cmp.causes = diagnose.forward.train_output(to_f64(out), x, gamma, beta, conv.default_eps, tol, torch.float64)
+        cmp.causes = (diagnose.conventions.default_eps_output(to_f64(out), x, gamma, beta, conv, tol)
+                      or diagnose.forward.train_output(to_f64(out), x, gamma, beta, conv.default_eps, tol, torch.float64))
         raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
     rm, rv = running64(inst, "after a training step from a bn_param without them")
     zeros = np.zeros(c)

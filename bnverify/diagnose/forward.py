@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -44,6 +46,7 @@ def train_output(
         v1 = ((x - mu1) ** 2).mean(axis=ax, keepdims=True)
         return g * (x - mu1) / np.sqrt(v1 + eps) + b
     hyps.append(("the output matches statistics per sample (layer norm); batch norm reduces over the batch", layer_norm))
+    hyps += channel_mixing(x, gamma, beta, eps)
     if running is not None:
         rm, rv = running
         hyps.append(("the output matches the running statistics: training mode must normalise with the batch's own statistics",
@@ -56,7 +59,7 @@ def train_output(
             hyps.append((f"the output matches eps = {e:g} everywhere, not the eps it was given ({eps:g}): eps is a "
                          "constant in the code (a default written into the formula) instead of the argument",
                          with_fixed_eps))
-    causes = matching(actual, tol, hyps)
+    causes = list(dict.fromkeys(matching(actual, tol, hyps)))  # a sentence once, however many variants match
     if not causes:
         causes += _precision(actual, x, eps, dtype)
     return causes
@@ -114,7 +117,52 @@ def eval_output(
         ("eval output matches running_var + 2 eps under the square root: eps is added twice (stored in the running "
          "variance, var + eps, and added again at test time)", lambda: g * (x - mean) / np.sqrt(var + 2 * eps) + b),
     ]
-    return matching(actual, tol, hyps)
+    hyps += channel_mixing(x, gamma, beta, eps, running=(rm, rv))
+    return list(dict.fromkeys(matching(actual, tol, hyps)))
+
+
+def channel_mixing(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
+                   running: tuple[np.ndarray, np.ndarray] | None = None) -> list[Hypothesis]:
+    """Spatial input flattened to ``(N*H*W, C)`` without moving the channel axis last: each column of the
+    flattened array mixes channels and positions (``x.reshape(-1, C)``, or a transpose of the wrong axes).
+
+    Each hypothesis normalises the columns of that array (with the batch's column statistics, or with
+    ``running`` per column in eval) and maps the result back either by a plain reshape or by the
+    correct channels-last inverse; one sentence per way of flattening.
+    """
+    if x.ndim < 3:
+        return []
+    n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    dims = "(N, C, " + {1: "L", 2: "H, W", 3: "D, H, W"}.get(len(spatial), "...") + ")"
+    last = (0, *range(2, x.ndim), 1)
+    ins: list[tuple[str, tuple[int, ...]]] = [(
+        f"the output matches {dims} input reshaped to (-1, C) without moving the channel axis last "
+        f"(x.reshape(-1, C) instead of x.transpose{last}.reshape(-1, C)): each column mixes channels and "
+        "positions; transpose channels last before the reshape, and back after", tuple(range(x.ndim)))]
+    if x.ndim == 4:
+        ins.append(("the output matches x.transpose(0, 1, 3, 2).reshape(-1, C): that transpose swaps H and W "
+                    "instead of moving the channel axis last (0, 2, 3, 1), so each column mixes channels and positions",
+                    (0, 1, 3, 2)))
+    back = (0, x.ndim - 1, *range(1, x.ndim - 1))
+
+    def normalised(perm: tuple[int, ...], channels_last_back: bool) -> np.ndarray:
+        flat = np.transpose(x, perm).reshape(-1, c)
+        if running is None:
+            mu = flat.mean(axis=0)
+            var = ((flat - mu) ** 2).mean(axis=0)
+        else:
+            mu, var = running
+        out = (flat - mu) / np.sqrt(var + eps)
+        if gamma is not None and beta is not None:
+            out = gamma * out + beta
+        if channels_last_back:
+            return out.reshape((n, *spatial, c)).transpose(back)
+        return out.reshape(np.transpose(x, perm).shape).transpose(np.argsort(perm))
+
+    def variant(perm: tuple[int, ...], back_last: bool) -> Callable[[], np.ndarray]:
+        return lambda: normalised(perm, back_last)
+
+    return [(text, variant(perm, back_last)) for text, perm in ins for back_last in (False, True)]
 
 
 def layout(layout: str) -> str:

@@ -8,7 +8,7 @@ import torch
 from bnverify import tolerances as tols
 from bnverify.compare import matches
 from bnverify.conventions import CONVENTIONS, Convention
-from bnverify.diagnose.conventions import convention_hint, conventions_with
+from bnverify.diagnose.conventions import aspect_hint, convention_hint, eps_hint, momentum_hint
 from bnverify.reference import batchnorm as oracle
 
 # --------------------------------------------------------------------------- running statistics
@@ -29,8 +29,25 @@ def _life(xs: list[np.ndarray], rm0: np.ndarray, rv0: np.ndarray, *, momentum: f
     return means, vars_
 
 
+def _life_var_plus_eps(xs: list[np.ndarray], rm0: np.ndarray, rv0: np.ndarray, *, conv: Convention,
+                       momentum: float | None, eps: float, factor_outside: bool) -> Life:
+    """The running statistics of an update that averages the eps-shifted variance: ``s (var_B + eps)``
+    (``factor_outside``) or ``s var_B + eps``, with ``s`` the convention's estimator factor."""
+    rm, rv = np.asarray(rm0, np.float64), np.asarray(rv0, np.float64)
+    means, vars_ = [], []
+    for n, x in enumerate(xs, start=1):
+        mean_b, var_b, m = oracle.batch_stats(x)
+        s = m / (m - 1) if conv.unbiased_running_var and m > 1 else 1.0
+        v = s * (var_b + eps) if factor_outside else s * var_b + eps
+        w = 1.0 / n if momentum is None else conv.to_update_fraction(float(momentum))
+        rm, rv = (1 - w) * rm + w * mean_b, (1 - w) * rv + w * v
+        means.append(rm)
+        vars_.append(rv)
+    return means, vars_
+
+
 def _hypotheses(conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np.ndarray,
-                momentum: float | None) -> list[tuple[str, Life]]:
+                momentum: float | None, eps: float | None = None) -> list[tuple[str, Life]]:
     """Other plausible behaviours, as running statistics after each step, with the sentence that names each."""
     hyps: list[tuple[str, Life]] = []
     if momentum is not None:
@@ -38,7 +55,6 @@ def _hypotheses(conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np
             for unbiased in (True, False):
                 if kind == conv.momentum_kind and unbiased == conv.unbiased_running_var:
                     continue
-                names = conventions_with(kind, unbiased)
                 parts = []
                 if unbiased != conv.unbiased_running_var:
                     parts.append("the biased estimator (sigma_B^2, no m/(m-1))" if not unbiased
@@ -47,15 +63,14 @@ def _hypotheses(conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np
                     parts.append("momentum as the decay of the old value, r = m r + (1-m) b" if kind == "keep_fraction"
                                  else "momentum as the weight of the new batch, r = (1-m) r + m b")
                 text = "running statistics match " + " and ".join(parts)
-                hint = convention_hint(names, conv.name)
-                if hint:
-                    text += ": " + hint
-                elif not unbiased and conv.unbiased_running_var:
-                    text += ": the running variance must store m/(m-1) sigma_B^2 (seed 000, torch), bug class B1"
-                elif unbiased and not conv.unbiased_running_var:
-                    text += f": the {conv.name} convention stores the biased batch variance, bug class B2"
-                else:
-                    text += f": the {conv.name} convention's momentum is the other way round, bug class B4"
+                text += ": " + aspect_hint(conv, momentum_kind=kind, unbiased=unbiased)
+                if kind == conv.momentum_kind or unbiased == conv.unbiased_running_var:  # one aspect: or a known bug
+                    if not unbiased and conv.unbiased_running_var:
+                        text += "; if not, the running variance must store m/(m-1) sigma_B^2 (seed 000, torch), bug class B1"
+                    elif unbiased and not conv.unbiased_running_var:
+                        text += f"; if not, the {conv.name} convention stores the biased batch variance, bug class B2"
+                    else:
+                        text += f"; if not, the {conv.name} convention's momentum is the other way round, bug class B4"
                 hyps.append((text, _life(xs, rm0, rv0, momentum=momentum, momentum_kind=kind, unbiased=unbiased)))
         if momentum != conv.default_momentum:
             hyps.append((f"running statistics match the default momentum {conv.default_momentum:g}: the constructor's "
@@ -67,9 +82,19 @@ def _hypotheses(conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np
                      "momentum=None must give the cumulative average 1/num_batches_tracked (bug class B26)",
                      _life(xs, rm0, rv0, momentum=conv.default_momentum, momentum_kind=conv.momentum_kind,
                            unbiased=conv.unbiased_running_var)))
-        hyps.append(("running statistics match the cumulative average of the biased batch variances: Var[x] = "
-                     "m/(m-1) E_B[sigma_B^2] (seed 000) needs the unbiased factor",
+        hyps.append(("running statistics match the cumulative average of the biased batch variances: "
+                     + (aspect_hint(conv, unbiased=False) + "; if not, " if conv.unbiased_running_var else "")
+                     + "Var[x] = m/(m-1) E_B[sigma_B^2] (seed 000) needs the unbiased factor",
                      _life(xs, rm0, rv0, momentum=None, momentum_kind=conv.momentum_kind, unbiased=False)))
+    if eps is not None and eps > 0:
+        for outside in (False, True) if conv.unbiased_running_var else (False,):
+            where = "m/(m-1) (var_B + eps)" if outside else ("m/(m-1) var_B + eps" if conv.unbiased_running_var
+                                                              else "var_B + eps")
+            hyps.append((f"running_var matches an average of {where} (eps={eps:.3g}): the running variance accumulates "
+                         "var + eps, the quantity under the square root, so every update adds eps and test mode "
+                         "adds it again; average the batch variance itself and add eps only when normalising",
+                         _life_var_plus_eps(xs, rm0, rv0, conv=conv, momentum=momentum, eps=eps,
+                                            factor_outside=outside)))
     frozen = ([rm0] * len(xs), [rv0] * len(xs))
     hyps.append(("the running statistics never change in training: they are not updated (or updated on a copy) "
                  "(bug class B8)", frozen))
@@ -94,11 +119,12 @@ def _matches_life(means: list[np.ndarray], vars_: list[np.ndarray], life: Life,
 def running_statistics(
     conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np.ndarray, momentum: float | None,
     means: list[np.ndarray], vars_: list[np.ndarray], mean_bounds: list[np.ndarray], var_bounds: list[np.ndarray],
+    eps: float | None = None,
 ) -> list[str]:
     """Running statistics after training on ``xs`` from ``rm0``/``rv0``: which other estimator, momentum
     meaning (naming the convention that has it), ignored momentum, frozen or overwritten buffers they match,
-    within the check's own per-step bounds."""
-    return [text for text, life in _hypotheses(conv, xs, rm0, rv0, momentum)
+    within the check's own per-step bounds; with ``eps``, also the eps-shifted variance accumulated."""
+    return [text for text, life in _hypotheses(conv, xs, rm0, rv0, momentum, eps)
             if _matches_life(means, vars_, life, mean_bounds, var_bounds)]
 
 
@@ -118,20 +144,20 @@ FRESH_DEFAULTS = "buffers/parameters initialised with torch.empty or swapped fil
 def default_eps(measured: float, conv: Convention) -> str:
     """A measured default eps that differs from ``conv``'s: another convention's, or a porting slip."""
     names = [c.name for c in CONVENTIONS.values() if abs(measured - c.default_eps) <= tols.DEFAULT_EPS_RTOL * c.default_eps]
-    if names:
-        return (f"the default eps {measured:.3g} is that of {', '.join(names)}: "
-                + (convention_hint(names, conv.name) or "wrong default eps when porting (bug class B5)"))
-    return "wrong default eps when porting (bug class B5)"
+    hint = convention_hint(names, conv.name)
+    return (f"the default eps is {measured:.3g}: {eps_hint(measured, conv)}" + (f"; or {hint}" if hint else "")
+            + "; if not, a wrong default eps when porting (bug class B5)")
 
 
 def default_momentum(weight_new: float, conv: Convention) -> str:
     """A measured new-batch weight of the default momentum that differs from ``conv``'s."""
     names = [c.name for c in CONVENTIONS.values()
              if abs(c.to_update_fraction(c.default_momentum) - weight_new) <= tols.DEFAULT_MOMENTUM_ATOL]
-    if names:
-        return (f"a new-batch weight of {weight_new:.3g} is the default of {', '.join(names)}: "
-                + (convention_hint(names, conv.name) or "momentum default inverted (bug class B4)"))
-    return "momentum default inverted or mistyped (bug class B4/B6)"
+    hint = convention_hint(names, conv.name)
+    flag = momentum_hint(weight_new, conv)
+    return (f"a new-batch weight of {weight_new:.3g}" + (f" (the default of {', '.join(names)})" if names else "")
+            + (f": {flag}" if flag else "") + (f"; or {hint}" if hint else "")
+            + "; if not, the momentum default is inverted or mistyped (bug class B4/B6)")
 
 
 def hardcoded_eps(out: np.ndarray, x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None,
