@@ -52,9 +52,13 @@ def make_summary(
     commit: str | None = COMMIT,
     per_suite: tuple[int, ...] = (10, 10, 8, 6, 4, 2),
     ratio_shift: float = 0.0,
+    own_plots: bool = True,
 ) -> RunSummary:
     """A 40-check summary: one failure in `modes`, one skip in `invariance`, and
-    per-epoch series in `convergence`; pytest-style ids with [, ], :: and spaces."""
+    per-epoch series in `convergence`; pytest-style ids with [, ], :: and spaces.
+
+    ``own_plots``: the convergence checks attach a plot of their own, as the real suite does
+    (so no series plot is drawn for them; drawing costs about a second per invocation)."""
     results = []
     for suite, n in zip(SUITES, per_suite):
         for i in range(n):
@@ -79,6 +83,8 @@ def make_summary(
                     "test_acc": [0.5 + 0.03 * e for e in range(15)],
                     "train_loss": [1.0 / (e + 1) for e in range(15)],
                 }
+                if own_plots:
+                    r.details["artifacts"] = {"plots/convergence.png": "convergence.png"}
             results.append(r)
     return RunSummary(
         target=target,
@@ -278,10 +284,16 @@ def test_metric_names_are_sanitised_and_split_back() -> None:
         )
     )
     plan = plan_invocation(summary, "inv")
-    keys = {k for k, _, _ in plan.parent.metrics}
-    for key in keys:
+    parent_keys = {k for k, _, _ in plan.parent.metrics}
+    child_keys = {f"{suite}/{k}" for suite, child in plan.children.items() for k, _, _ in child.metrics
+                  if not k.startswith("suite.")}
+    keys = parent_keys | child_keys  # as `compare` merges them (query.invocation_metrics)
+    for key in keys | {k for child in plan.children.values() for k, _, _ in child.metrics}:
         _validate_metric_name(key)  # raises on a name MLflow would refuse
-    assert "forward/test_forward_0.float32-_8_ 3_.pass" in keys
+    assert "forward/test_forward_0.float32-_8_ 3_.pass" in parent_keys
+    # the parent holds per check only pass and worst_ratio; the rest is on the suite's run
+    assert {k.rsplit(".", 1)[1] for k in parent_keys if not k.startswith("summary.")} == {"pass", "worst_ratio"}
+    assert "forward/test_forward_3.float32-_8_ 3_.max_abs_err" in child_keys - parent_keys
     for key in keys:
         parts = tracking.split_metric_key(key)
         if key.startswith("summary."):
@@ -291,9 +303,9 @@ def test_metric_names_are_sanitised_and_split_back() -> None:
     odd = [k for k in keys if k.startswith("odd_suite/")]
     assert odd and all(tracking.split_metric_key(k)[0] == "odd_suite" for k in odd)
     assert "odd_suite/T/test_odd.a/b-c/d _.x_y_z" in keys
-    # a skipped check has no pass metric (never a silent 0) but a skipped one
+    # a skipped check has no pass metric (never a silent 0) but a skipped one (on its suite's run)
     assert "invariance/test_invariance_5.float32-_8_ 3_.pass" not in keys
-    assert "invariance/test_invariance_5.float32-_8_ 3_.skipped" in keys
+    assert "invariance/test_invariance_5.float32-_8_ 3_.skipped" in child_keys
 
 
 def test_batches_respect_mlflow_limits() -> None:
@@ -317,7 +329,7 @@ def test_batches_respect_mlflow_limits() -> None:
 def test_log_invocation_writes_parent_children_tags_metrics_artifacts(store: str, tmp_path: Path) -> None:
     fingerprint = tmp_path / "fingerprint.json"
     fingerprint.write_text(json.dumps({"momentum": "update_fraction"}))
-    summary = make_summary()
+    summary = make_summary(own_plots=False)
     out = tracking.log_invocation(
         summary,
         tracking_uri=store,
@@ -333,7 +345,7 @@ def test_log_invocation_writes_parent_children_tags_metrics_artifacts(store: str
     c = client_for(store)
     parent = c.get_run(out.run_id)
     t = parent.data.tags
-    assert parent.info.run_name == "pkg.mod:MyBN@01234567 · quick · failed"
+    assert parent.info.run_name == "FAIL 1/39 · pkg.mod:MyBN · quick"  # the verdict first: never cut off
     assert parent.info.status == "FAILED"  # the verdict, as STYLE habit 11 asks
     assert {k: t[k] for k in ("target", "kind", "convention", "tier", "device", "verdict")} == {
         "target": "pkg.mod:MyBN",
@@ -348,32 +360,48 @@ def test_log_invocation_writes_parent_children_tags_metrics_artifacts(store: str
     for key in ("version.python", "version.torch", "version.bnverify", "version.mlflow"):
         assert t[key] and t[key] != "not installed", key
     assert t["bnverify.complete"] == "true" and len(t["bnverify.invocation_id"]) == 32
-    assert "running_var" in t["mlflow.note.content"]
+    note = t["mlflow.note.content"]
+    assert note.startswith("**FAIL 1/39** `pkg.mod:MyBN`\n\n**Failed (1):**\n- `modes/test_modes_0[float32-(8, 3)]` err/tol **0**: ")
+    assert "running_var" in note.splitlines()[3]  # the failed check comes before the counts and the skips
+    assert note.index("skipped `invariance/") > note.index("passed 38")
+    # MLflow 3's UI opens a custom-model experiment on its runs, not the GenAI overview
+    assert c.get_experiment_by_name("bnverify").tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.params["seed"] == "1234" and parent.data.params["momentum"] == "0.1"
     m = parent.data.metrics
     assert m["summary.total"] == 40 and m["summary.failed"] == 1 and m["summary.skipped"] == 1
     assert m["summary.pass"] == 0
     assert m["modes/test_modes_0.float32-_8_ 3_.pass"] == 0
     assert m["forward/test_forward_3.float32-_8_ 3_.worst_ratio"] == pytest.approx(0.3)
-    assert m["forward/test_forward_3.float32-_8_ 3_.tol_atol"] == pytest.approx(1e-6)
+    assert "forward/test_forward_3.float32-_8_ 3_.tol_atol" not in m  # a check's own metrics: on its suite's run
 
     runs = runs_of(store, t["bnverify.invocation_id"])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out.run_id]
     assert sorted(r.data.tags["suite"] for r in children) == sorted(SUITES)
     assert len(runs) == 1 + len(SUITES)
     modes = next(r for r in children if r.data.tags["suite"] == "modes")
-    assert modes.info.run_name == "modes · pkg.mod:MyBN@01234567" and modes.info.status == "FAILED"
+    assert modes.info.run_name == "FAIL 1/8 · modes · pkg.mod:MyBN" and modes.info.status == "FAILED"
+    forward = next(r for r in children if r.data.tags["suite"] == "forward")
+    assert forward.data.metrics["test_forward_3.float32-_8_ 3_.tol_atol"] == pytest.approx(1e-6)
     assert modes.data.metrics["suite.failed"] == 1 and modes.data.metrics["test_modes_0.float32-_8_ 3_.pass"] == 0
     conv = next(r for r in children if r.data.tags["suite"] == "convergence")
     assert conv.info.status == "FINISHED"
     hist = c.get_metric_history(conv.info.run_id, "test_convergence_1.float32-_8_ 3_.test_acc")
     assert [h.step for h in sorted(hist, key=lambda h: h.step)] == list(range(15))
     assert max(hist, key=lambda h: h.step).value == pytest.approx(0.5 + 0.03 * 14)
-    parent_hist = c.get_metric_history(out.run_id, "convergence/test_convergence_1.float32-_8_ 3_.train_loss")
-    assert len(parent_hist) == 15
+    assert not c.get_metric_history(out.run_id, "convergence/test_convergence_1.float32-_8_ 3_.train_loss")
 
     names = {f.path for f in c.list_artifacts(out.run_id)} | {f.path for f in c.list_artifacts(out.run_id, "plots")}
     assert {"summary.json", "report.txt", "junit.xml", "fingerprint.json", "escape.txt", "plots/loss.png"} <= names
+    # each check's series overlaid in one plot (test_acc and train_loss of the same check)
+    plots = {f.path for f in c.list_artifacts(out.run_id, "plots/series/convergence")}
+    assert "plots/series/convergence/test_convergence_1_float32-_8_3.png" in plots and len(plots) == 2
+    png = Path(c.download_artifacts(out.run_id, "plots/series/convergence/test_convergence_1_float32-_8_3.png",
+                                    str(tmp_path / "png")))
+    assert png.read_bytes().startswith(b"\x89PNG")
+    # the outcome says where each artifact now is: in the store, not in a temporary folder
+    assert out.artifact_uri == parent.info.artifact_uri
+    assert out.artifact_location("plots/loss.png") == parent.info.artifact_uri + "/plots/loss.png"
+    assert Path(out.artifact_location("plots/loss.png")[len("file://"):]).is_file()
     local = Path(c.download_artifacts(out.run_id, "summary.json", str(tmp_path / "dl")))
     back = RunSummary.from_json(local.read_text())
     assert back.verdict == "failed" and len(back.results) == 40
@@ -405,11 +433,13 @@ def test_more_than_1000_metrics_are_chunked(store: str, monkeypatch: pytest.Monk
                          seed=0, results=results, duration_s=1.0)
     out = tracking.log_invocation(summary, tracking_uri=store)
     assert out.run_id, out.message
-    per_check = 5  # pass, worst_ratio, duration_s, gbps, ms
+    per_check = 5  # pass, worst_ratio, duration_s, gbps, ms: on the suite's run
     parent = client_for(store).get_run(out.run_id)
-    assert len([k for k in parent.data.metrics if k.startswith("bench/")]) == 300 * per_check + 1
-    assert len(client_for(store).get_metric_history(out.run_id, "bench/test_0.p0.acc")) == 1500
-    assert max(calls) == 1000 and sum(calls) > 2 * (300 * per_check + 1500)
+    assert len([k for k in parent.data.metrics if k.startswith("bench/")]) == 300 * 2  # pass, worst_ratio
+    child = client_for(store).search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{out.run_id}'")[0]
+    assert len([k for k in child.data.metrics if not k.startswith("suite.")]) == 300 * per_check + 1
+    assert len(client_for(store).get_metric_history(child.info.run_id, "test_0.p0.acc")) == 1500
+    assert max(calls) == 1000 and sum(calls) > 300 * per_check + 1500 + 300 * 2
 
 
 def test_fresh_store_migrates_once_quietly(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

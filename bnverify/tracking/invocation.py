@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -18,24 +21,86 @@ from typing import Any, NamedTuple
 
 from bnverify.results import RunSummary
 from bnverify.tracking.config import (
+    REDACTED,
     describe_error,
+    env_secrets,
+    is_secret_name,
     mlflow_available,
     redact,
+    redact_argv,
     resolve_experiment,
     resolve_tracking_uri,
+    scrub,
     version,
 )
-from bnverify.tracking.plan import TAG_INVOCATION
+from bnverify.tracking.plan import TAG_COMMAND, TAG_INVOCATION
 from bnverify.tracking.spool import ArtifactValue, move_to_spool, stage
 from bnverify.tracking.warmup import deliver
 
 
 class LogOutcome(NamedTuple):
-    """What :func:`log_invocation` did: a run id, or the spool folder, and one line saying so."""
+    """What :func:`log_invocation` did: a run id, or the spool folder, and one line saying so.
+
+    ``artifact_uri`` is the parent run's artifact root in the store (``file:///...``,
+    ``mlflow-artifacts:/...``, ``s3://...``) when logged; an artifact named ``plots/x.png``
+    is at ``artifact_uri + "/plots/x.png"`` (:meth:`artifact_location`).
+    """
 
     run_id: str | None
     spooled: Path | None
     message: str
+    artifact_uri: str | None = None
+
+    def artifact_location(self, name: str) -> str | None:
+        """Where the artifact ``name`` (as handed to :func:`log_invocation`) now lives:
+        in the store when logged, in the spool folder when spooled, else None."""
+        from bnverify.tracking.spool import artifact_relpath
+
+        rel = artifact_relpath(name)
+        if rel is None:
+            return None
+        if self.artifact_uri:
+            return self.artifact_uri.rstrip("/") + "/" + rel
+        if self.spooled is not None:
+            return str(self.spooled / "artifacts" / rel)
+        return None
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran (``bnverify check ...``, ``pytest ...``), secrets redacted."""
+    args = list(sys.argv if argv is None else argv)
+    if args:
+        prog = os.path.basename(args[0]) or args[0]
+        args[0] = {"__main__.py": "python -m pytest", "pytest": "pytest"}.get(prog, prog)
+    return shlex.join(redact_argv(args))
+
+
+def scrubbed(summary: RunSummary) -> RunSummary:
+    """The summary without secrets: values of secret-named tags and params become ``***``;
+    credentials in URIs and secret environment values are redacted from the others, from the
+    target, the reproduce line and the check messages (it is logged and spooled as it is)."""
+    secrets = env_secrets()
+
+    def clean(key: str, value: object) -> object:
+        if is_secret_name(key):
+            return REDACTED
+        if isinstance(value, str):
+            return scrub(value, secrets)
+        if isinstance(value, (list, tuple)):
+            return [scrub(v, secrets) if isinstance(v, str) else v for v in value]
+        return value
+
+    results = [
+        dataclasses.replace(r, message=scrub(r.message, secrets)) if r.message else r for r in summary.results
+    ]
+    return dataclasses.replace(
+        summary,
+        target=scrub(summary.target, secrets),
+        reproduce=scrub(summary.reproduce, secrets),
+        tags={str(k): str(clean(str(k), v)) for k, v in summary.tags.items()},
+        params={str(k): clean(str(k), v) for k, v in summary.params.items()},
+        results=results,
+    )
 
 
 def _invocation_id(summary: RunSummary) -> str:
@@ -71,7 +136,8 @@ def log_invocation(
         uri = resolve_tracking_uri(tracking_uri)
         exp_name = resolve_experiment(experiment)
         invocation_id = _invocation_id(summary)
-        summary = dataclasses.replace(summary, tags={**summary.tags, TAG_INVOCATION: invocation_id})
+        tags = {TAG_COMMAND: command_line(), **summary.tags, TAG_INVOCATION: invocation_id}
+        summary = scrubbed(dataclasses.replace(summary, tags=tags))
     except Exception as e:  # noqa: BLE001 - a summary this broken cannot be spooled usefully
         return LogOutcome(None, None, f"tracking: not logged ({describe_error(e)})")
 
@@ -88,8 +154,15 @@ def log_invocation(
     except OSError as e:
         return LogOutcome(None, None, f"tracking WARNING: not logged, no temporary folder ({e}); the verdict stands")
     try:
+        extra: dict[str, ArtifactValue] = {}
         try:
-            notes = stage(staging, summary, artifacts or {}, meta)
+            from bnverify.tracking.plots import series_plots
+
+            extra.update(series_plots(summary))
+        except Exception as e:  # noqa: BLE001 - a plot must not lose the results
+            extra["plots/series/error.txt"] = f"the series plots could not be drawn: {describe_error(e)}"
+        try:
+            notes = stage(staging, summary, {**extra, **(artifacts or {})}, meta)
         except Exception as e:  # noqa: BLE001 - a missing artifact must not lose the results
             notes = [f"staging failed: {describe_error(e)}"]
         note = f" ({'; '.join(notes)})" if notes else ""
@@ -98,8 +171,13 @@ def log_invocation(
             error = "mlflow is not installed (pip install mlflow)"
         else:
             try:
-                run_id = deliver(uri, exp_name, summary, invocation_id, end_ms, staging)
-                return LogOutcome(run_id, None, f"tracking: logged run {run_id} to {redact(uri)}{note}")
+                written = deliver(uri, exp_name, summary, invocation_id, end_ms, staging)
+                return LogOutcome(
+                    written.run_id,
+                    None,
+                    f"tracking: logged run {written.run_id} to {redact(uri)}{note}",
+                    written.artifact_uri or None,
+                )
             except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - never raise: spool
                 error = describe_error(e)
         meta["error"] = error

@@ -17,6 +17,7 @@ import json
 import math
 import platform
 import socket
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,11 @@ from bnverify.tracking.config import (
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
+    REDACTED,
+    env_secrets,
+    is_secret_name,
     mlflow_version,
+    scrub,
     version,
 )
 
@@ -40,6 +45,18 @@ TAG_ROLE = "bnverify.role"  # "invocation" (parent) or "suite" (child)
 TAG_COMPLETE = "bnverify.complete"  # "true", set last: a parent without it is partial
 TAG_SUITE = "suite"
 TAG_COMMIT = "git.commit"
+TAG_COMMAND = "bnverify.command"  # the command line, secrets redacted
+TAG_INFINITE = "bnverify.infinite_metrics"  # metric keys whose value is +/-inf (see STORED_INF)
+#: The experiment tag MLflow 3's UI reads to choose an experiment's landing page, and the
+#: value for "custom model development" (the runs table, not the GenAI "Traces" overview).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: What an infinite metric reads back as: MLflow's SQL store (SQLite, PostgreSQL, and a
+#: tracking server in front of one) stores +/-inf as +/-``sys.float_info.max``
+#: (``SqlAlchemyStore._log_metrics``); NaN it keeps as NaN.  Read back, a value at this
+#: magnitude is taken as inf (:func:`from_store`), and the run's tag ``bnverify.infinite_metrics``
+#: names the keys that were infinite when logged.
+STORED_INF = sys.float_info.max
 ROLE_INVOCATION = "invocation"
 ROLE_SUITE = "suite"
 _COMMIT_KEYS = (
@@ -87,8 +104,38 @@ def _check_keys(results: list[CheckResult]) -> list[str]:
     return out
 
 
+#: A run name's target part is cut to this many characters (MLflow's runs table shows
+#: about 40-50 characters of a name before cutting it; the verdict comes first anyway).
+MAX_NAME_TARGET = 36
+
+
+def _short(text: str, n: int) -> str:
+    """``text`` cut in the middle to at most ``n`` characters (a target's module and class both stay)."""
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 2
+    return text[:head] + "…" + text[len(text) - (n - 1 - head) :]
+
+
 def _run_name(*parts: str) -> str:
     return " · ".join(p for p in parts if p)[:240]
+
+
+def verdict_label(results: list[CheckResult]) -> str:
+    """``FAIL 3/72`` (failed of the checks that ran) or ``PASS 72/72`` (passed of those that
+    ran); skipped checks did not run and are not counted."""
+    ran = [r for r in results if r.outcome != "skipped"]
+    failed = sum(1 for r in ran if r.failed)
+    if failed:
+        return f"FAIL {failed}/{len(ran)}"
+    return f"PASS {sum(1 for r in ran if r.passed)}/{len(ran)}"
+
+
+def from_store(value: float) -> float:
+    """A metric as read back from MLflow: +/-:data:`STORED_INF` is the inf that was logged."""
+    if math.isfinite(value) and abs(value) >= STORED_INF:
+        return math.copysign(math.inf, value)
+    return value
 
 
 # --------------------------------------------------------------------------- the run plan
@@ -121,8 +168,23 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
+def _parent_check_metrics(r: CheckResult) -> list[MetricPoint]:
+    """What the parent run holds per check: ``pass`` (absent when skipped) and, for a
+    tolerance comparison, ``worst_ratio``.  Everything else is on the suite's child run, so
+    the parent's charts and compare view are not flooded with one chart per statistic."""
+    out: list[MetricPoint] = []
+    if r.passed:
+        out.append(("pass", 1.0, 0))
+    elif r.failed:
+        out.append(("pass", 0.0, 0))
+    ratio = _as_float(r.worst_ratio)
+    if ratio is not None:
+        out.append(("worst_ratio", ratio, 0))
+    return out
+
+
 def _check_metrics(r: CheckResult) -> list[MetricPoint]:
-    """(metric suffix, value, step) for one check."""
+    """(metric suffix, value, step) for one check, as its suite's child run holds them."""
     out: list[MetricPoint] = []
     if r.passed:
         out.append(("pass", 1.0, 0))
@@ -198,42 +260,101 @@ def _auto_tags() -> dict[str, str]:
     return tags
 
 
+def ratio_text(ratio: float | None) -> str:
+    """An err/tol ratio for people: ``0.31``, ``2.4e+03``, ``inf``, ``nan``; empty for none."""
+    if ratio is None:
+        return ""
+    if math.isnan(ratio):
+        return "nan"
+    if math.isinf(ratio):
+        return "inf" if ratio > 0 else "-inf"
+    return f"{ratio:.3g}"
+
+
+def _line_after(message: str, label: str) -> str:
+    for line in message.splitlines():
+        text = line.strip()
+        if text.startswith(label):
+            return text[len(label) :].strip()
+    return ""
+
+
+def _md(text: str, n: int) -> str:
+    text = " ".join(text.split()).replace("|", "\\|").replace("`", "'")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _note(summary: RunSummary, invocation_id: str) -> str:
+    """The parent run's description (``mlflow.note.content``, Markdown).
+
+    MLflow shows its first lines and hides the rest behind "Show more", so it opens with the
+    verdict and the failed checks (err/tol and likely cause, one line each), then the
+    counts, the other outcomes that need a look (known deviations, skips) and the identity.
+    """
     c = summary.counts
-    lines = [
-        (
-            f"**bnverify check** `{summary.target}`: **{summary.verdict}** "
-            f"(kind {summary.kind}, convention {summary.convention}, tier {summary.tier}, "
-            f"device {summary.device}, seed {summary.seed})"
-        ),
+    bad = [r for r in summary.results if r.failed]
+    lines = [f"**{verdict_label(summary.results)}** `{summary.target}`"]
+    if bad:
+        lines += ["", f"**Failed ({len(bad)}):**"]
+        for r in bad[:40]:
+            message = (r.message or "").strip()
+            first = message.splitlines()[0] if message else r.outcome
+            ratio = ratio_text(_as_float(r.worst_ratio))
+            cause = _line_after(message, "likely cause:")
+            item = f"- `{_md(r.suite + '/' + (r.check or r.nodeid), 90)}`"
+            item += f" err/tol **{ratio}**" if ratio else ""
+            item += f": {_md(cause, 160)}" if cause else f": {_md(first, 160)}"
+            lines.append(item)
+        if len(bad) > 40:
+            lines.append(f"- ... and {len(bad) - 40} more (summary.json)")
+    lines += [
         "",
         " · ".join(f"{k} {v}" for k, v in c.items() if v) or "no checks ran",
         "",
-        f"invocation `{invocation_id}`",
+        (
+            f"kind {summary.kind}, convention {summary.convention}, tier {summary.tier}, "
+            f"device {summary.device}, seed {summary.seed}; invocation `{invocation_id}`"
+        ),
     ]
-    bad = [r for r in summary.results if r.failed]
-    if bad:
-        lines += ["", "| check | outcome | worst ratio | message |", "|---|---|---|---|"]
-        for r in bad[:50]:
-            msg = (r.message or "").strip().splitlines()
-            first = (msg[0] if msg else "").replace("|", "\\|")[:200]
-            ratio = "" if r.worst_ratio is None else f"{r.worst_ratio:.3g}"
-            lines.append(f"| `{r.suite}/{r.check or r.nodeid}` | {r.outcome} | {ratio} | {first} |")
-        if len(bad) > 50:
-            lines.append(f"| ... {len(bad) - 50} more | | | |")
-    return "\n".join(lines)[: MAX_TAG_VAL_LENGTH - 10]
+    if summary.reproduce:
+        lines += ["", f"reproduce: `{_md(summary.reproduce, 300)} --seed {summary.seed}`"]
+    others = [r for r in summary.results if not r.failed and r.outcome in ("xfailed", "xpassed", "skipped")]
+    if others:
+        lines += ["", f"**Other outcomes ({len(others)}):**"]
+        for r in others[:30]:
+            why = (r.message or "").strip().splitlines()
+            lines.append(f"- {r.outcome} `{_md(r.suite + '/' + r.check, 90)}`" + (f": {_md(why[0], 120)}" if why else ""))
+        if len(others) > 30:
+            lines.append(f"- ... and {len(others) - 30} more")
+    text = "\n".join(lines)
+    return text if len(text) <= MAX_TAG_VAL_LENGTH - 10 else text[: MAX_TAG_VAL_LENGTH - 12] + "\n…"
+
+
+def safe_value(key: str, value: object, secrets: list[str]) -> str:
+    """A tag or param value fit to log: ``***`` under a secret-named key, else the text with
+    credentials in URIs and secret environment values redacted."""
+    if is_secret_name(key):
+        return REDACTED
+    return scrub(value if isinstance(value, str) else json.dumps(value, default=str), secrets)
+
+
+def _infinite(metrics: list[MetricPoint]) -> str:
+    keys = sorted({k for k, v, _ in metrics if math.isinf(v)})
+    text = ",".join(keys)
+    return text if len(text) <= MAX_TAG_VAL_LENGTH else text[: MAX_TAG_VAL_LENGTH - 1] + "…"
 
 
 def plan_invocation(summary: RunSummary, invocation_id: str) -> InvocationPlan:
     """The parent run and one child run per suite for ``summary``."""
     verdict = summary.verdict
     commit = _git_commit(summary.tags)
-    target_label = f"{summary.target}@{commit[:8]}" if commit else summary.target
+    target_label = _short(scrub(summary.target), MAX_NAME_TARGET)
 
+    secrets = env_secrets()
     tags: dict[str, str] = dict(_auto_tags())
-    tags.update({str(k): str(v) for k, v in summary.tags.items()})
+    tags.update({str(k): safe_value(str(k), v, secrets) for k, v in summary.tags.items()})
     tags.update({
-        "target": summary.target,
+        "target": scrub(summary.target, secrets),
         "kind": summary.kind,
         "convention": summary.convention,
         "tier": summary.tier,
@@ -241,13 +362,13 @@ def plan_invocation(summary: RunSummary, invocation_id: str) -> InvocationPlan:
         "verdict": verdict,
         TAG_INVOCATION: invocation_id,
         TAG_ROLE: ROLE_INVOCATION,
-        "mlflow.note.content": _note(summary, invocation_id),
+        "mlflow.note.content": scrub(_note(summary, invocation_id), secrets),
     })
     if commit:
         tags[TAG_COMMIT] = commit
         tags["mlflow.source.git.commit"] = commit
 
-    params = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in summary.params.items()}
+    params = {str(k): safe_value(str(k), v, secrets) for k, v in summary.params.items()}
     if summary.seed is not None and "seed" not in params:
         params["seed"] = str(summary.seed)
 
@@ -263,26 +384,32 @@ def plan_invocation(summary: RunSummary, invocation_id: str) -> InvocationPlan:
         for key, r in zip(_check_keys(results), results):
             for suffix, value, step in _check_metrics(r):
                 child_metrics.append((f"{key}.{suffix}", value, step))
+            for suffix, value, step in _parent_check_metrics(r):
                 parent_metrics.append((f"{suite}/{key}.{suffix}", value, step))
         failed = any(r.failed for r in results)
+        child_tags = {
+            "target": tags["target"],
+            "kind": summary.kind,
+            "convention": summary.convention,
+            "tier": summary.tier,
+            "device": summary.device,
+            TAG_SUITE: suite,
+            "verdict": "failed" if failed else "passed",
+            **({TAG_COMMIT: commit} if commit else {}),
+        }
+        if any(math.isinf(v) for _, v, _ in child_metrics):
+            child_tags[TAG_INFINITE] = _infinite(child_metrics)
         children[suite] = RunPlan(
-            name=_run_name(suite, target_label),
+            name=_run_name(verdict_label(results), suite, target_label),
             status="FAILED" if failed else "FINISHED",
-            tags={
-                "target": summary.target,
-                "kind": summary.kind,
-                "convention": summary.convention,
-                "tier": summary.tier,
-                "device": summary.device,
-                TAG_SUITE: suite,
-                "verdict": "failed" if failed else "passed",
-                **({TAG_COMMIT: commit} if commit else {}),
-            },
+            tags=child_tags,
             metrics=child_metrics,
             duration_s=suite_duration,
         )
+    if any(math.isinf(v) for _, v, _ in parent_metrics):
+        tags[TAG_INFINITE] = _infinite(parent_metrics)
     parent = RunPlan(
-        name=_run_name(target_label, summary.tier, verdict),
+        name=_run_name(verdict_label(summary.results), target_label, summary.tier),
         status="FINISHED" if verdict == "passed" else "FAILED",
         tags=tags,
         params=params,

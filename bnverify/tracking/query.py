@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bnverify.tracking.plan import ROLE_INVOCATION, TAG_COMMIT, TAG_COMPLETE, TAG_ROLE
+from bnverify.tracking.plan import (
+    ROLE_INVOCATION,
+    ROLE_SUITE,
+    TAG_COMMIT,
+    TAG_COMPLETE,
+    TAG_ROLE,
+    TAG_SUITE,
+    from_store,
+)
 from bnverify.tracking.store import tracking_context
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -46,6 +54,39 @@ def invocation_runs(
         order_by=["attributes.start_time DESC"],
     )
     return list(runs)
+
+
+def suite_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    """The suite (child) runs of an invocation's parent run."""
+    from mlflow.entities import ViewType
+
+    return list(client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{_quote(parent.info.run_id)}' and tags.`{TAG_ROLE}` = '{ROLE_SUITE}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=1000,
+    ))
+
+
+def invocation_metrics(client: MlflowClient, parent: Run, *, children: bool = True) -> dict[str, float]:
+    """Every metric of an invocation as ``<suite>/<check>.<metric>`` (plus ``summary.*``).
+
+    The parent run holds each check's ``pass`` and ``worst_ratio``; the suite runs hold the
+    rest (``max_abs_err``, ``duration_s``, the check's own metrics, the last value of each
+    series), which are merged in under the parent's key scheme.  Infinite values come back
+    as inf (:func:`~bnverify.tracking.plan.from_store`).
+    """
+    merged = {k: from_store(v) for k, v in parent.data.metrics.items()}
+    if children:
+        for child in suite_runs(client, parent):
+            suite = child.data.tags.get(TAG_SUITE)
+            if not suite:
+                continue
+            for key, value in child.data.metrics.items():
+                if key.startswith("suite."):
+                    continue
+                merged.setdefault(f"{suite}/{key}", from_store(value))
+    return merged
 
 
 def _quote(value: str) -> str:

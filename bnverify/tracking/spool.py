@@ -23,6 +23,7 @@ from bnverify.tracking.config import (
     mlflow_available,
     redact,
     resolve_tracking_uri,
+    safe_artifact_path,
     spool_dir,
 )
 from bnverify.tracking.plan import ROLE_INVOCATION, TAG_COMPLETE, TAG_INVOCATION, TAG_ROLE
@@ -39,9 +40,19 @@ ArtifactValue = Union[str, bytes, "os.PathLike[str]"]
 # --------------------------------------------------------------------------- staging and spool
 
 
+def artifact_relpath(name: str) -> str | None:
+    """The relative path an artifact handed over as ``name`` is stored under (None: refused).
+
+    Names come from user input (target specs, check ids, suite names): each component keeps
+    only ``[A-Za-z0-9._+=@-]``, ``.``/``..``/empty components and a leading ``/`` or drive
+    are dropped, and components and the whole path are bounded
+    (:func:`~bnverify.tracking.config.safe_artifact_path`)."""
+    return safe_artifact_path(name)
+
+
 def _safe_relpath(name: str) -> PurePosixPath | None:
-    parts = [p for p in PurePosixPath(str(name).replace("\\", "/")).parts if p not in ("", ".", "..", "/")]
-    return PurePosixPath(*parts) if parts else None
+    rel = artifact_relpath(name)
+    return PurePosixPath(rel) if rel else None
 
 
 def stage(
@@ -191,8 +202,8 @@ def _replay(uri: str, entry: Path) -> tuple[str, str | None]:
             return invocation_id, None
         for run in existing:  # a partial write (the store died mid-invocation): replace it
             client.delete_run(run.info.run_id)
-    run_id = write_invocation(uri, experiment, summary, invocation_id, end_ms, entry / "artifacts")
-    return invocation_id, run_id
+    written = write_invocation(uri, experiment, summary, invocation_id, end_ms, entry / "artifacts")
+    return invocation_id, written.run_id
 
 
 def sync(tracking_uri: str | None) -> SyncReport:

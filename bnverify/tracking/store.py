@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bnverify.results import RunSummary
 from bnverify.tracking.config import (
@@ -32,6 +32,8 @@ from bnverify.tracking.config import (
     sqlite_path,
 )
 from bnverify.tracking.plan import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     ROLE_INVOCATION,
     ROLE_SUITE,
     TAG_COMPLETE,
@@ -148,7 +150,12 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """Race-safe get-or-create (``set_experiment`` is not: mlflow#12259)."""
+    """Race-safe get-or-create (``set_experiment`` is not: mlflow#12259).
+
+    The experiment is tagged ``mlflow.experimentKind=custom_model_development`` so MLflow 3's
+    UI opens it on its runs, not on the GenAI overview ("Traces 0"); a kind already set (by a
+    person, in the UI) is left alone.
+    """
     from mlflow.exceptions import MlflowException
 
     last: Exception | None = None
@@ -157,9 +164,13 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
+            if not (exp.tags or {}).get(EXPERIMENT_KIND_TAG):
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return str(exp.experiment_id)
         try:
-            return str(client.create_experiment(name, artifact_location=_artifact_location(uri, name)))
+            return str(client.create_experiment(
+                name, artifact_location=_artifact_location(uri, name), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            ))
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
                 raise
@@ -259,6 +270,13 @@ def open_store(uri: str, experiment: str | None, *, hold: bool | None = None) ->
         yield client, exp_id
 
 
+class Written(NamedTuple):
+    """Where an invocation landed: its parent run and that run's artifact root in the store."""
+
+    run_id: str
+    artifact_uri: str
+
+
 def write_invocation(
     uri: str,
     experiment: str,
@@ -266,8 +284,8 @@ def write_invocation(
     invocation_id: str,
     end_ms: int,
     artifacts_dir: Path | None,
-) -> str:
-    """Log one invocation to the store; returns the parent run id.  Raises on failure."""
+) -> Written:
+    """Log one invocation to the store; returns the parent run.  Raises on failure."""
     plan = plan_invocation(summary, invocation_id)
     with open_store(uri, experiment) as (client, exp_id):
         assert exp_id is not None
@@ -299,4 +317,4 @@ def write_invocation(
             _upload_artifacts(client, parent_id, artifacts_dir)
         client.set_tag(parent_id, TAG_COMPLETE, "true")
         client.set_terminated(parent_id, status=plan.parent.status, end_time=end_ms)
-        return parent_id
+        return Written(parent_id, str(parent.info.artifact_uri or ""))

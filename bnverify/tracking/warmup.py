@@ -42,7 +42,7 @@ from bnverify.tracking.config import (
     resolve_tracking_uri,
     write_timeout,
 )
-from bnverify.tracking.store import open_store, tracking_context, write_invocation
+from bnverify.tracking.store import Written, open_store, tracking_context, write_invocation
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from multiprocessing.connection import Connection
@@ -88,10 +88,10 @@ class _StoreWorker:
         self.proc.join(5)
         self.conn.close()
 
-    def write(self, staging: Path, invocation_id: str, end_ms: int, timeout: float) -> str:
-        """Hand the staged invocation over; its parent run id.  The worker ends either way."""
+    def write(self, staging: Path, invocation_id: str, end_ms: int, timeout: float) -> Written:
+        """Hand the staged invocation over; its parent run.  The worker ends either way."""
         grace = 0.0
-        answer: tuple[bool, str] | None = None
+        answer: tuple[bool, Any] | None = None
         try:
             if not self.alive():
                 raise _WorkerUnavailable(f"the store warm-up worker exited early (exit code {self.proc.exitcode})")
@@ -110,8 +110,8 @@ class _StoreWorker:
             raise _StoreError(f"the store warm-up worker exited without an answer (exit code {self.proc.exitcode})")
         ok, value = answer
         if not ok:
-            raise _StoreError(value)
-        return value
+            raise _StoreError(str(value))
+        return Written(*value)
 
 
 _WORKERS: dict[tuple[str, str], _StoreWorker] = {}
@@ -173,7 +173,7 @@ def prepare(tracking_uri: str | None, experiment: str | None = None) -> bool:
         return False
 
 
-def deliver(uri: str, experiment: str, summary: RunSummary, invocation_id: str, end_ms: int, staging: Path) -> str:
+def deliver(uri: str, experiment: str, summary: RunSummary, invocation_id: str, end_ms: int, staging: Path) -> Written:
     """Write a staged invocation: through the prepared worker if there is one, else here."""
     worker = _WORKERS.pop((uri, experiment), None)
     if worker is not None:
@@ -216,9 +216,9 @@ def _serve(conn: Connection, uri: str, experiment: str) -> None:
             folder = Path(staging)
             summary = RunSummary.from_json((folder / "summary.json").read_text(encoding="utf-8"))
             with tracking_context():
-                reply: tuple[bool, str] = (
+                reply: tuple[bool, Any] = (
                     True,
-                    write_invocation(uri, experiment, summary, str(invocation_id), int(end_ms), folder / "artifacts"),
+                    tuple(write_invocation(uri, experiment, summary, str(invocation_id), int(end_ms), folder / "artifacts")),
                 )
         except BaseException as e:  # noqa: BLE001 - the answer carries it
             reply = (False, describe_error(e))
