@@ -101,7 +101,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", "device for inputs and modules: cpu or cuda[:N]", default="cpu"),
     Option("seed", f"seed for every hypothesis test, or 'random' (printed at the start; default {DEFAULT_SEED}, so two "
            "runs of an unchanged target draw the same cases and compare equal)", type=_seed, metavar="N|random"),
-    Option("max-examples", "hypothesis examples per check (default by tier)", type=int),
+    Option("max-examples", "hypothesis examples per check (default by tier); when given, exactly this many, "
+           "whatever --time-budget says", type=int),
+    Option("time-budget", "seconds the run may take: the target's call time is measured and each hypothesis "
+           "check draws fewer examples than its tier's (at least 5) when needed to stay within it (default 300 "
+           "quick, 1800 full; 0: no limit)", type=float, metavar="S"),
     Option("no-shrink", "report the first failing example instead of shrinking it to a minimal one (faster)",
            flag=True),
     Option("shrink-budget", "seconds hypothesis may spend shrinking one failing check to a minimal example; all "
