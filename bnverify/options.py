@@ -115,6 +115,9 @@ OPTIONS: tuple[Option, ...] = (
            type=int, default=1),
     Option("timeout", "seconds one call into the target may take before it counts as hung (0: no limit)",
            type=float, default=DEFAULT_CALL_TIMEOUT_S),
+    Option("isolate", "run the checks in a worker process that is replaced when the target crashes it "
+           "(segfault, abort) or hangs inside native code: that check fails naming the signal or the time limit, "
+           "the call and its input, and every other check still runs", flag=True),
     Option("tracking-uri", "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the local SQLite store)",
            metavar="URI"),
     Option("no-tracking", "do not log to MLflow", flag=True),

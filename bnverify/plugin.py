@@ -82,7 +82,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     torch.set_num_threads(max(1, config.getoption("bn_threads")))
     preflight = target.family.preflight
-    config.stash[PREFLIGHT_KEY] = preflight(target, config.getoption("bn_device")) if preflight else []
+    from bnverify import isolate
+
+    isolate.configure(config, target)  # under --isolate only the worker calls the target (and runs the preflight)
+    if isolate.requested(config) or isolate.is_worker(config):
+        config.stash[PREFLIGHT_KEY] = []
+    else:
+        config.stash[PREFLIGHT_KEY] = preflight(target, config.getoption("bn_device")) if preflight else []
     _configure_hypothesis(config)
     _configure_budget(config, target)
     config.pluginmanager.register(_Reporter(config), "bnverify-reporter")
@@ -123,6 +129,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         seed = random.SystemRandom().randrange(2**31)
     config.option.bn_seed = seed
     config.option.hypothesis_seed = str(seed)
+    from bnverify import isolate
+
+    isolate.configure_cmdline(config)
 
 
 def _configure_hypothesis(config: pytest.Config) -> None:
@@ -533,21 +542,34 @@ class _CheckRepr:
         return self.text
 
 
+def _group(exc: BaseException) -> tuple[BaseException, ...]:
+    """The members of an exception group (``BaseExceptionGroup``, or the ``exceptiongroup`` backport that
+    hypothesis raises before Python 3.11), else ``()``."""
+    inner = getattr(exc, "exceptions", None)
+    return tuple(inner) if isinstance(inner, (list, tuple)) else ()
+
+
 def _is_verdict(exc: BaseException) -> bool:
     """A check's verdict (CheckFailure, TargetError), or a group of them (hypothesis's multiple failures)."""
-    inner = getattr(exc, "exceptions", None)
+    inner = _group(exc)
     if inner:
         return all(_is_verdict(e) for e in inner)
     return isinstance(exc, AssertionError) and type(exc).__module__.startswith("bnverify")
 
 
 def _message_of(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if hasattr(exc, "exceptions") and not text.startswith("Hypothesis"):
-        inner = getattr(exc, "exceptions", None)
-        if inner:
-            text = "; ".join(_message_of(e) for e in inner[:3])
-    return text
+    """A check's failure text.  A group (hypothesis's "found N distinct failures", a ``BaseExceptionGroup``)
+    shows every distinct failure with its own report (values, ratio, likely cause), numbered."""
+    inner = _group(exc)
+    if not inner:
+        return str(exc).strip()
+    parts = [_message_of(e) or type(e).__name__ for e in inner]
+    lines = [f"{len(parts)} distinct failures, each with its own example (hypothesis reports them together):"]
+    for i, part in enumerate(parts, 1):
+        first, *rest = part.splitlines()
+        lines.append(f"failure {i} of {len(parts)}: {first}")
+        lines += [f"  {ln}" for ln in rest]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- results and summary
@@ -690,12 +712,13 @@ class _Reporter:
                 terminalreporter.write_sep("-", f"{r.suite}/{r.check}")
                 for line in r.details["console"].splitlines():
                     terminalreporter.write_line(line)
-        for name, p in sorted(self.artifacts.items()):
-            terminalreporter.write_line(f"bnverify: {name}: {p}")
         unmatched = self._unmatched_xfails()
         for u in unmatched:
             terminalreporter.write_line(f"bnverify: warning: known-deviation entry {u} matches no check of this run")
         outcome = self._finish(summary, text, terminalreporter)
+        for name, p in sorted(self.artifacts.items()):  # where each artifact lives now: the store, else the spool
+            where = outcome.artifact_location(name) if outcome is not None else None
+            terminalreporter.write_line(f"bnverify: {name}: {where or f'{p} (not logged: a temporary file)'}")
         self._markdown(summary, outcome, unmatched, terminalreporter)
 
     def _unmatched_xfails(self) -> list[str]:
@@ -711,7 +734,11 @@ class _Reporter:
             return
         target = self.config.stash[TARGET_KEY]
         fingerprint = None
-        if target.family.fingerprint is not None and not target.watchdog.hung:
+        from bnverify import isolate
+
+        if isolate.requested(self.config):  # the controller never calls the target
+            fingerprint = "not measured under --isolate (run `bnverify fingerprint` for it)"
+        elif target.family.fingerprint is not None and not target.watchdog.hung:
             try:
                 fingerprint = target.family.fingerprint(target, self.config.getoption("bn_device"), False)
             except Exception as exc:  # noqa: BLE001 - the summary reports what it could measure
@@ -837,6 +864,9 @@ def _ratio_text(ratio: float | None) -> str:
     return f"{ratio:.3g}" if ratio < 1e6 else f"{ratio:.2e}"
 
 
+_GROUP_MEMBER = re.compile(r"failure \d+ of \d+: ")
+
+
 def format_table(summary: RunSummary) -> str:
     """The summary table printed at the end of a run, and saved as ``report.txt``."""
     from bnverify.tables import table
@@ -862,7 +892,8 @@ def format_table(summary: RunSummary) -> str:
         reproduce = summary.reproduce or f"bnverify check {summary.target}"
         for r in failed:
             lines.append(f"FAILED {r.suite}/{r.check}")
-            for ln in r.message.strip().splitlines()[:14]:
+            groups = sum(1 for ln in r.message.splitlines() if _GROUP_MEMBER.match(ln))
+            for ln in r.message.strip().splitlines()[:14 * max(1, groups) + (1 if groups else 0)]:
                 lines.append("    " + ln)
             where = "" if r.suite == "preflight" else f" --suite {r.suite}"
             flags = "".join(f" {f}" for f in [r.details.get("reproduce_flags")] if f)

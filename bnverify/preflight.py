@@ -52,7 +52,7 @@ def batchnorm(target: Any, device: str) -> list[Step]:
     import torch
 
     from bnverify.adapter import BNConfig
-    from bnverify.target import NotSupported, TargetError
+    from bnverify.target import CallAbandoned, NotSupported, TargetError
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         return []  # every check skips with that reason already
@@ -81,7 +81,7 @@ def batchnorm(target: Any, device: str) -> list[Step]:
             steps.append(Step(name, None))
             _ = exc  # a feature the target does not offer: the checks skip with that reason
         except TargetError as exc:
-            if exc.__cause__ is None and not target.watchdog.hung:
+            if exc.__cause__ is None and not isinstance(exc, CallAbandoned):
                 steps.append(Step(name))  # it answered, wrongly: the checks say what is wrong
             else:
                 steps.append(Step(name, str(exc), blocks))
@@ -92,7 +92,7 @@ def dropout(target: Any, device: str) -> list[Step]:
     """Construct with p=0.5 and call in training and in eval mode."""
     import torch
 
-    from bnverify.target import TargetError
+    from bnverify.target import CallAbandoned, TargetError
 
     x = torch.ones(4, 100)
     try:
@@ -100,7 +100,7 @@ def dropout(target: Any, device: str) -> list[Step]:
         inst.forward(x, training=True)
         inst.forward(x, training=False)
     except TargetError as exc:
-        if exc.__cause__ is None and not target.watchdog.hung:
+        if exc.__cause__ is None and not isinstance(exc, CallAbandoned):
             return [Step("construct and forward")]
         return [Step("construct and forward", str(exc), ALL)]
     return [Step("construct and forward")]

@@ -57,8 +57,11 @@ def check(
     extra: Sequence[str] = (),
     quiet: bool = True,
     shrink: bool = False,
+    isolate: bool = False,
+    timeout: float | None = None,
 ) -> tuple[int, RunSummary | None]:
-    """Check ``target`` as ``bnverify check`` would, in this process."""
+    """Check ``target`` as ``bnverify check`` would, in this process (``isolate``: the checks in a worker
+    process, ``bnverify.isolate``; this process never calls the target)."""
     args = ["--pyargs", "bnverify.suites", "--bn-target", target, "--bn-tier", tier,
             "-p", "no:cacheprovider", "-o", "addopts=", "-o", "filterwarnings=",
            "-W", "ignore::pytest.PytestAssertRewriteWarning", "-q", "--tb=no"]
@@ -66,7 +69,8 @@ def check(
         args.append("--no-header")
     for flag, value in (("--bn-kind", kind), ("--bn-convention", convention), ("--bn-reference", reference),
                         ("--bn-seed", seed),
-                        ("--bn-max-examples", max_examples), ("--bn-tracking-uri", tracking_uri)):
+                        ("--bn-max-examples", max_examples), ("--bn-tracking-uri", tracking_uri),
+                        ("--bn-timeout", timeout)):
         if value is not None:
             args += [flag, str(value)]
     for s in suites:
@@ -75,5 +79,7 @@ def check(
         args.append("--bn-no-tracking")
     if not shrink:
         args.append("--bn-no-shrink")
+    if isolate:
+        args.append("--bn-isolate")
     args += list(extra)
     return run_pytest(args)
