@@ -18,6 +18,11 @@ from bnverify.adapter import TargetError
 from bnverify.tolerances import MATCH_SLACK, Tolerance
 
 
+NO_KNOWN_CAUSE = ("no known bug pattern reproduces this output: none of the hypotheses tested matches it within "
+                  "the tolerance, so no cause is named (the numbers above are what was measured)")
+"""The line a diagnosed failure prints when no hypothesis reproduces the target's numbers."""
+
+
 class CheckFailure(AssertionError):
     """A check's verdict: the target's result is wrong.  The message is the report."""
 
@@ -45,6 +50,14 @@ class Comparison:
     explanation: str
     shape: tuple[int, ...] = ()
     causes: list[str] = field(default_factory=list)
+    diagnosed: bool = False
+    """True once bug hypotheses were tested against this comparison (``causes`` assigned): a report
+    with no cause then says that none reproduces the output, instead of staying silent about it."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "causes" and "causes" in self.__dict__:  # assigned after construction: a diagnosis ran
+            object.__setattr__(self, "diagnosed", True)
+        object.__setattr__(self, name, value)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +84,8 @@ class Comparison:
         lines.append(f"  tolerance: {self.explanation}")
         for c in self.causes:
             lines.append(f"  likely cause: {c}")
+        if self.diagnosed and not self.causes:
+            lines.append(f"  {NO_KNOWN_CAUSE}")
         return "\n".join(lines)
 
 

@@ -14,7 +14,9 @@ the target on inputs built so that the answer shows in its numbers.
   (unbiased) or ``sigma_B^2`` (biased).
 * eps default and placement: eval with ``running_var`` in ``{0, eps, 1}`` and
   ``x = 1``: ``1/sqrt(v + eps)`` (inside the square root) or ``1/(sqrt(v) + eps)``;
-  the default is ``1 / y^2`` at ``v = 0``.
+  the default is ``1 / y^2`` at ``v = 0`` when eps is inside, ``1 / y`` when outside (a second eval
+  at ``v = 1/y^2`` tells which).  A quantity the probes cannot measure for a target is ``null`` in the
+  JSON, with the reason in ``not_measurable``, and "not measurable: <why>" in the table.
 * EMA zero-debiasing (Haiku's ``ExponentialMovingAverage``): after the first
   step the running mean equals the batch mean although ``w < 1``.
 * one value per channel, eval updates, eval uses running statistics,
@@ -24,6 +26,7 @@ the target on inputs built so that the answer shows in its numbers.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +58,14 @@ class Defaults:
     eps: float | None
     weight_new: float | None  # weight of the new batch in the first update
     note: str = ""
+    eps_note: str = ""
+    """Why ``eps`` could not be measured, when it is None."""
+    eps_placement: str = ""
+    """``"inside"`` or ``"outside"`` the square root, as the eps probe found it."""
+
+
+class NotMeasurable(Exception):
+    """A probe that ran but whose numbers cannot give the quantity for this target; the message says why."""
 
 
 def _first_weight(inst: BNInstance, rank: int, c: int) -> float:
@@ -64,28 +75,67 @@ def _first_weight(inst: BNInstance, rank: int, c: int) -> float:
     run = inst.get_running()
     if run is None:
         raise TargetError("no running statistics")
-    return float(np.median(to_f64(run[0]) / means))
+    w = float(np.median(to_f64(run[0]) / means))
+    if not math.isfinite(w):
+        raise NotMeasurable(f"the running mean after one step is {to_f64(run[0]).tolist()}, not finite")
+    return w
 
 
-def _eps_from_eval(inst: BNInstance, rank: int, c: int) -> float:
+def _eval_at_zero_mean(inst: BNInstance, rank: int, c: int, running_var: np.ndarray) -> np.ndarray:
+    """Per-channel eval output for ``x = 1``, running mean 0, gamma 1, beta 0: ``1 / denominator``."""
     inst.set_params(torch.ones(c), torch.zeros(c)) if inst.get_params()[0] is not None else None
-    inst.set_running(torch.zeros(c), torch.zeros(c))
-    y = to_f64(inst.forward(torch.ones((2, c) + (1,) * (rank - 2)), training=False)).reshape(2, c, -1)[0, :, 0]
-    return float(np.median(1.0 / y**2))
+    inst.set_running(torch.zeros(c), torch.tensor(running_var, dtype=torch.float32))
+    y = to_f64(inst.forward(torch.ones((2, c) + (1,) * (rank - 2)), training=False))
+    return np.asarray(y.reshape(2, c, -1)[0, :, 0], dtype=np.float64)
+
+
+def _eps_from_eval(inst: BNInstance, rank: int, c: int) -> tuple[float, str]:
+    """The default eps and where it sits, from two eval calls (placement-aware, so never ``eps^2``).
+
+    At ``running_var = 0`` the output is ``y0 = 1/sqrt(eps)`` (inside the square root) or ``1/eps``
+    (outside).  A second call at ``running_var = 1/y0^2`` tells them apart: inside gives ``y0/sqrt(2)``,
+    outside (where ``1/y0^2 = eps^2``) gives ``y0/2``.
+    """
+    y0 = float(np.median(_eval_at_zero_mean(inst, rank, c, np.zeros(c))))
+    if not math.isfinite(y0) or y0 <= 0:
+        raise NotMeasurable(f"eval with running_var=0 and x=1 gave {y0:.4g}; a finite positive output "
+                            "1/sqrt(eps) was expected (is eps used in the eval path?)")
+    v = 1.0 / (y0 * y0)
+    if not v > 0 or not math.isfinite(v) or v > float(np.finfo(np.float32).max) or v < float(
+            np.finfo(np.float32).tiny):
+        raise NotMeasurable(f"eval with running_var=0 and x=1 gave {y0:.4g}; 1/y^2 = {v:.3g} is outside the "
+                            "float32 range the probe sets running_var with")
+    y1 = float(np.median(_eval_at_zero_mean(inst, rank, c, np.full(c, v))))
+    r = y1 / y0
+    if abs(r - 2**-0.5) <= tols.PROBE_EPS_PLACEMENT_RTOL * 2**-0.5:
+        return v, "inside"
+    if abs(r - 0.5) <= tols.PROBE_EPS_PLACEMENT_RTOL * 0.5:
+        return 1.0 / y0, "outside"
+    raise NotMeasurable(f"eval at running_var 0 and {v:.3g} gave {y0:.4g} and {y1:.4g} (ratio {r:.4g}); "
+                        "sqrt(var + eps) gives 0.7071 and sqrt(var) + eps 0.5, so neither placement fits")
 
 
 def probe_defaults(target: BNTarget, device: str = "cpu") -> Defaults:
-    """The default eps and the new-batch weight of the default momentum, measured."""
+    """The default eps and the new-batch weight of the default momentum, measured (each on its own)."""
     rank = _probe_rank(target, device)
     c = 3
+    w: float | None = None
+    eps: float | None = None
+    note = eps_note = placement = ""
     try:
         inst = default_instance(target, device, rank, c)
-        w = _first_weight(inst, rank, c)
-        inst = default_instance(target, device, rank, c)
-        eps = _eps_from_eval(inst, rank, c)
     except (TargetError, NotSupported) as exc:
-        return Defaults(None, None, str(exc))
-    return Defaults(eps, w)
+        return Defaults(None, None, str(exc) or type(exc).__name__)
+    try:
+        w = _first_weight(inst, rank, c)
+    except (TargetError, NotSupported, NotMeasurable) as exc:
+        note = str(exc) or type(exc).__name__
+    try:
+        inst = default_instance(target, device, rank, c)
+        eps, placement = _eps_from_eval(inst, rank, c)
+    except (TargetError, NotSupported, NotMeasurable) as exc:
+        eps_note = str(exc) or type(exc).__name__
+    return Defaults(eps, w, note, eps_note, placement)
 
 
 # --------------------------------------------------------------------------- the fingerprint
@@ -96,11 +146,19 @@ class Fingerprint:
     kind: str
     entries: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, str] = field(default_factory=dict)
+    not_measurable: dict[str, str] = field(default_factory=dict)
+    """Entries the probes could not measure for this target (``None`` in ``entries``), with the reason."""
 
     def set(self, key: str, value: Any, evidence: str = "") -> None:
         self.entries[key] = value
+        self.not_measurable.pop(key, None)
         if evidence:
             self.evidence[key] = evidence
+
+    def unmeasurable(self, key: str, why: str) -> None:
+        """``key`` could not be measured: ``null`` in the JSON, "not measurable: WHY" in the table."""
+        self.entries[key] = None
+        self.not_measurable[key] = why.strip() or "the probe gave no usable value"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
@@ -108,7 +166,8 @@ class Fingerprint:
     def table(self) -> str:
         from bnverify.tables import key_values
 
-        rows = [(k.replace("_", " "), _fmt(v)) for k, v in self.entries.items()]
+        rows = [(k.replace("_", " "), f"not measurable: {self.not_measurable[k]}" if k in self.not_measurable
+                 else _fmt(v)) for k, v in self.entries.items()]
         return f"bnverify fingerprint: {self.target} (kind {self.kind})\n\n" + key_values(rows, indent="  ")
 
 
@@ -128,11 +187,14 @@ def _new(target: BNTarget, device: str, rank: int, c: int = 3, **kw: Any) -> BNI
 def _safe(fp: Fingerprint, key: str, fn: Any) -> None:
     """Run one probe; a probe the target cannot answer is recorded as such, never guessed."""
     try:
-        fn()
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a bad value is reported, not warned
+            fn()
     except NotSupported as exc:
-        fp.set(key, f"n/a ({exc})")
+        fp.unmeasurable(key, f"not supported by this target ({str(exc) or type(exc).__name__})")
+    except NotMeasurable as exc:
+        fp.unmeasurable(key, str(exc))
     except TargetError as exc:
-        fp.set(key, f"could not probe: {str(exc)[:160]}")
+        fp.unmeasurable(key, f"the probe's call failed: {str(exc)[:160] or type(exc).__name__}")
 
 
 def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
@@ -165,7 +227,7 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
     def default_momentum() -> None:
         d = probe_defaults(target, device)
         if d.weight_new is None:
-            raise NotSupported(d.note)
+            raise NotMeasurable(d.note)
         k = state.get("kind")
         m = d.weight_new if k == "update_fraction" else 1 - d.weight_new if k == "keep_fraction" else d.weight_new
         fp.set("momentum_default", round(m, 6), f"first step of {target.name}(C) gave the new batch weight {d.weight_new:.4g}")
@@ -200,6 +262,8 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
         assert run is not None
         _, var, m = oracle.batch_stats(x)
         ratio = float(np.median(to_f64(run[1]) / var))
+        if not math.isfinite(ratio):
+            raise NotMeasurable(f"the running variance after one step is {to_f64(run[1]).tolist()}, not finite")
         if abs(ratio - m / (m - 1)) <= tols.PROBE_ESTIMATOR_ATOL:
             state["unbiased"] = True
             fp.set("running_var_estimator", "unbiased: m/(m-1) sigma_B^2 (torch, seed 000)",
@@ -216,8 +280,10 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
     def eps_default() -> None:
         d = probe_defaults(target, device)
         if d.eps is None:
-            raise NotSupported(d.note)
-        fp.set("eps_default", float(f"{d.eps:.4g}"), "eval with running_var=0 and x=1 gave 1/sqrt(eps)")
+            raise NotMeasurable(d.eps_note or d.note)
+        fp.set("eps_default", float(f"{d.eps:.4g}"),
+               "eval with running_var=0 and x=1 gave " + ("1/sqrt(eps)" if d.eps_placement == "inside" else
+                                                          "1/eps (eps outside the square root)"))
         state["default_eps"] = d.eps
 
     _safe(fp, "eps_default", eps_default)
@@ -316,7 +382,7 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
 
     _safe(fp, "half_input_statistics_dtype", half)
 
-    fp.set("matches_convention", _matching(state))
+    fp.set("matches_convention", _matching(state, fp.not_measurable.get("eps_default", "")))
     from bnverify.conventions import flags_for
 
     measured = {"momentum_kind": state["kind"]} if "kind" in state else {}
@@ -327,7 +393,7 @@ def fingerprint(target: BNTarget, device: str = "cpu") -> Fingerprint:
     return fp
 
 
-def _matching(state: dict[str, Any]) -> str:
+def _matching(state: dict[str, Any], eps_why: str = "") -> str:
     """Conventions of SPEC section 4 that agree with every measured aspect."""
     names = []
     for conv in CONVENTIONS.values():
@@ -342,7 +408,10 @@ def _matching(state: dict[str, Any]) -> str:
         names.append(conv.name)
     if not names:
         return "none of torch, keras, flax, cs231n"
-    return ", ".join(names) + (" (defaults not measurable for this kind)" if "default_eps" not in state else "")
+    if "default_eps" in state:
+        return ", ".join(names)
+    why = "not measurable for this kind" if not eps_why or eps_why.startswith("kind ") else "not measured"
+    return ", ".join(names) + f" (default eps {why})"
 
 
 def run(spec: str, *, kind: str | None = None, device: str = "cpu", as_json: bool = False) -> str:

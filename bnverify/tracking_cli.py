@@ -419,6 +419,65 @@ def diff_runs(
     return rows
 
 
+@dataclass
+class News:
+    """``diff_runs``'s rows sorted by how much they matter: what changed first, noise only counted."""
+
+    flips: list[DiffRow]  # pass -> fail and fail -> pass (metric "pass")
+    crossings: list[DiffRow]  # worst_ratio moved into or out of the band just below the tolerance
+    changes: list[DiffRow]  # other metrics beyond seed noise (or, with the same seed, any change)
+    within_noise: set[str]  # checks whose every change is within seed noise
+    same_seed: bool
+
+
+def _beyond_seed_noise(a: float | None, b: float | None) -> bool:
+    """A change between runs with different seeds that the seed alone does not explain (SEED_NOISE_FACTOR)."""
+    from bnverify.tolerances import SEED_NOISE_FACTOR
+
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or math.isinf(a) or math.isinf(b):
+        return True
+    if a == b:
+        return False
+    if a == 0 or b == 0 or (a < 0) != (b < 0):
+        return True
+    return max(abs(a), abs(b)) / min(abs(a), abs(b)) >= SEED_NOISE_FACTOR
+
+
+def _crossing(a: float | None, b: float | None) -> bool:
+    from bnverify.tolerances import COMPARE_FAR_FROM_TOLERANCE as FAR
+    from bnverify.tolerances import COMPARE_NEAR_TOLERANCE as NEAR
+
+    if a is None or b is None:
+        return False
+    lo, hi = min(a, b), max(a, b)
+    return lo < FAR and hi >= NEAR
+
+
+def classify(rows: list[DiffRow], seed_a: Any, seed_b: Any) -> News:
+    """Verdict flips, then tolerance crossings, then changes beyond seed noise; the rest only counted.
+
+    A check with a flip is listed once, as a flip (its other rows follow it); a crossing is a worst_ratio
+    of a check that did not flip.  With different seeds a change by less than ``SEED_NOISE_FACTOR`` is noise.
+    """
+    same_seed = seed_a is not None and str(seed_a) == str(seed_b)
+    flipped = {r.check for r in rows if r.metric == "pass" and r.a is not None and r.b is not None}
+    news = News([], [], [], set(), same_seed)
+    moved: set[str] = set()
+    for r in rows:
+        if r.check in flipped:
+            (news.flips if r.metric == "pass" else news.changes).append(r)
+        elif r.metric == "worst_ratio" and _crossing(r.a, r.b):
+            news.crossings.append(r)
+        elif same_seed or r.noise is not None or r.check == "(invocation)" or _beyond_seed_noise(r.a, r.b):
+            news.changes.append(r)
+        else:
+            moved.add(r.check)
+    listed = {r.check for r in news.flips + news.crossings + news.changes}
+    news.within_noise = moved - listed
+    news.changes = [r for r in news.changes if r.check not in flipped] + [r for r in news.changes if r.check in flipped]
+    return news
+
+
 def _checks_in(run: Run) -> set[str]:
     out = set()
     for key in run.data.metrics:
@@ -449,6 +508,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ]
         checks = _checks_in(a) | _checks_in(b)
         differing = {r.check for r in rows if r.check != "(invocation)"}
+        news = classify(rows, a.data.params.get("seed"), b.data.params.get("seed"))
         if args.format == "json":
             print(json.dumps(
                 {
@@ -458,6 +518,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     "checks": len(checks),
                     "differing_checks": len(differing),
                     "rows": [asdict(r) for r in rows],
+                    "flips": [asdict(r) for r in news.flips],
+                    "crossings": [asdict(r) for r in news.crossings],
+                    "changes": [asdict(r) for r in news.changes],
+                    "within_seed_noise": sorted(news.within_noise),
                 },
                 indent=2,
             ))
@@ -471,18 +535,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not rows:
             print(f"no differences in {len(checks)} checks" + ("" if args.timings else " (timings not compared)"))
             return 0
-        print(f"{len(differing)} of {len(checks)} checks differ" + ("" if args.timings else " (timings not compared)"))
-        table_rows: list[list[str]] = []
-        last = None
-        noisy = any(r.noise is not None for r in rows)
-        for r in rows:
-            row = [r.check if r.check != last else "", r.metric, _fmt(r.a), _fmt(r.b)]
-            table_rows.append(row + ([f"±{r.noise:.3g}" if r.noise is not None else ""] if noisy else []))
-            last = r.check
-        print(table(table_rows, ["check", "metric", "A", "B"] + (["noise (95%)"] if noisy else [])))
+        _print_news(news, len(checks), timings=args.timings)
+        print(f"{len(differing)} of {len(checks)} checks differ" + ("" if args.timings else
+                                                                  " (timings not compared)"))
         return 1
 
     return _run_query(args, body)
+
+
+def _print_news(news: News, n_checks: int, *, timings: bool) -> None:
+    """Flips, then crossings, then changes beyond seed noise, then how many moved within it."""
+    from bnverify.tolerances import COMPARE_FAR_FROM_TOLERANCE, COMPARE_NEAR_TOLERANCE, SEED_NOISE_FACTOR
+
+    to_fail = [r for r in news.flips if r.a == 1.0]
+    to_pass = [r for r in news.flips if r.a != 1.0]
+    changed = {r.check for r in news.changes} - {r.check for r in news.flips} - {"(invocation)"}
+    parts = [f"{len(to_fail)} newly failing", f"{len(to_pass)} newly passing", f"{len(news.crossings)} near the "
+             "tolerance", f"{len(changed)} changed"
+             + ("" if news.same_seed else " beyond seed noise"), f"{len(news.within_noise)} within seed noise"]
+    print(f"{n_checks} checks: " + ", ".join(parts))
+
+    def section(title: str, rows: list[DiffRow]) -> None:
+        if not rows:
+            return
+        print()
+        print(title)
+        noisy = any(r.noise is not None for r in rows)
+        out: list[list[str]] = []
+        last = None
+        for r in rows:
+            row = [r.check if r.check != last else "", r.metric, _fmt(r.a), _fmt(r.b)]
+            out.append(row + ([f"±{r.noise:.3g}" if r.noise is not None else ""] if noisy else []))
+            last = r.check
+        print(table(out, ["check", "metric", "A", "B"] + (["noise (95%)"] if noisy else [])))
+
+    section(f"verdict flips, passed -> failed: {len(to_fail)}", to_fail)
+    section(f"verdict flips, failed -> passed: {len(to_pass)}", to_pass)
+    section(f"tolerance crossings: worst err/tol moved between below {COMPARE_FAR_FROM_TOLERANCE:g} and at least "
+            f"{COMPARE_NEAR_TOLERANCE:g} of the tolerance", news.crossings)
+    section("other changes" + (" (same seed: any change is news)" if news.same_seed else
+                               f" beyond seed noise (a factor of {SEED_NOISE_FACTOR:g} or more)"), news.changes)
+    if news.within_noise:
+        print()
+        print(f"{len(news.within_noise)} other checks moved within seed noise (less than a factor of "
+              f"{SEED_NOISE_FACTOR:g}; the runs used different seeds)")
 
 
 # --------------------------------------------------------------------------- history

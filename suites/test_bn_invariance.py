@@ -28,6 +28,7 @@ comparison (``bnverify.compare.sweep_verdict``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -188,8 +189,54 @@ def _check_scale_exact(target: Any, case: Case, device: str, check: Any, *, nega
                              "elementwise function rounds scaled arguments differently)")
     title = ("sign flip: t(a x; eps a^2) - beta = -(t(x; eps) - beta) for a < 0" if negative
              else "scale invariance with eps scaled: t(a x; eps a^2) = t(x; eps) for a = 2^k")
-    sweep_verdict(check, rows, title=title, label="scale", case=case.describe(),
-                  causes=lambda r: diagnose.invariance.scale_break(r.scale, _scales(rows)))
+    def causes(r: Swept) -> list[str]:
+        found = _sweep_causes(rows, r, lambda a: _forward_causes(target, replace(case, x=case.x * a,
+                                                                                 eps=case.eps * a * a), device))
+        if found:
+            return found
+        swept = _scales(rows)
+        if negative:  # evidence for a sign dependence: the same magnitude, positive
+            cp = replace(case, x=case.x * -r.scale, eps=case.eps * r.scale**2)
+            yp, _, _ = _train_out(target, cp, device)
+            swept.append((-r.scale, compare(yp, y0, tols.triangle(ordinary, ordinary, "scaled vs unscaled output"),
+                                            "positive scale").ok))
+        return diagnose.invariance.scale_break(r.scale, swept)
+
+    sweep_verdict(check, rows, title=title, label="scale", case=case.describe(), causes=causes)
+
+
+SWEEP_DIAGNOSED_POINTS = 4
+"""How many failing points of a sweep (the worst and those nearest 1) a cause must reproduce."""
+
+
+def _sweep_causes(rows: list[Swept], worst: Swept, at: Callable[[float], list[str]]) -> list[str]:
+    """The causes that reproduce the output at every failing point diagnosed (the worst one and the first
+    few nearest 1), in the worst point's order: a hypothesis that fits one degenerate extreme only (an
+    output of ~0 that several bugs would give) is not named."""
+    points = [worst.scale] + [r.scale for r in rows if not r.cmp.ok and r.scale != worst.scale]
+    found = at(points[0])
+    for a in points[1:SWEEP_DIAGNOSED_POINTS]:
+        if not found:
+            break
+        here = {_shape_of(c) for c in at(a)}
+        found = [c for c in found if _shape_of(c) in here]
+    return found
+
+
+def _shape_of(cause: str) -> str:
+    """A cause sentence without its numbers (the eps it names scales with the point)."""
+    return re.sub(r"\d[\d.e+-]*", "#", cause)
+
+
+def _forward_causes(target: Any, case: Case, device: str) -> list[str]:
+    """The forward bug hypotheses that reproduce the target's training output on ``case`` (within the
+    ordinary forward tolerance): a sweep that breaks because the output is wrong names why it is wrong."""
+    y, gamma, beta = _train_out(target, case, device)
+    tol = tols.forward_train(case.x, gamma, beta, case.eps, case.dtype)
+    ref, _ = oracle.forward_train(case.x, gamma, beta, case.eps)
+    if compare(y, ref, tol, "output").ok:
+        return []
+    return diagnose.forward.train_output(y, case.x, gamma, beta, case.eps, tol, case.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
@@ -235,7 +282,9 @@ def test_scale_fixed_eps(bn_target, bn_device, bn_check, dtype, data):
     sweep_verdict(bn_check, rows, title="scale invariance with eps fixed (a^2 var >= "
                   f"{tols.FIXED_EPS_MIN_RATIO:g} eps): t(a x) = t(x) up to the effect of eps",
                   label="scale", case=case.describe(),
-                  causes=lambda r: diagnose.invariance.scale_break(r.scale, _scales(rows)))
+                  causes=lambda r: (_sweep_causes(rows, r, lambda a: _forward_causes(
+                      bn_target, replace(case, x=to_dtype_values(case.x * a, case.dtype)), bn_device))
+                                    or diagnose.invariance.scale_break(r.scale, _scales(rows))))
 
 
 # --------------------------------------------------------------------------- shift
@@ -429,6 +478,15 @@ def test_batch_permutation(bn_target, bn_device, bn_check, data):
         res.append((y, g, None if run is None else (to_f64(run[0]), to_f64(run[1]))))
     (y1, g1, run1), (y2, g2, run2) = res
     ft = tols.forward_train(x, gamma, beta, case.eps, case.dtype)
+    if not (np.all(np.isfinite(y1)) and np.all(np.isfinite(y2))):  # NaN = NaN says nothing about the order
+        which, y_bad, xb = ("unpermuted", y1, x) if not np.all(np.isfinite(y1)) else ("permuted", y2, xp)
+        refb, _ = oracle.forward_train(xb, gamma, beta, case.eps)
+        tb = tols.forward_train(xb, gamma, beta, case.eps, case.dtype)
+        cmp = compare(y_bad, refb, tb, f"training-mode output of the {which} batch")
+        bn_check.observe(cmp.ratio, cmp.max_abs_err)
+        cmp.causes = diagnose.forward.train_output(y_bad, xb, gamma, beta, case.eps, tb, case.dtype)
+        raise CheckFailure("the output is NaN/inf where the reference is finite, so whether permuting the batch "
+                           "changes it cannot be judged\n" + cmp.report() + f"\n  case: {case.describe()}")
     _, cache = oracle.forward_train(x, gamma, beta, case.eps)
     dx, dg, db = oracle.backward(dy, cache)
     bt = tols.backward_train(x, dy, gamma, case.eps, case.dtype, dx, dg, db)

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from bnverify import diagnose
 from bnverify import tolerances as tols
 from bnverify.adapter import BNConfig, BNInstance, TargetError, TorchModuleInstance
-from bnverify.compare import CheckFailure, Comparison, compare, to_f64
+from bnverify.compare import CheckFailure, Comparison, compare, matches, to_f64
 from bnverify.conventions import Convention
 from bnverify.fingerprint import probe_defaults
 from bnverify.instances import build, config, instance, load_params, running64
@@ -222,7 +222,7 @@ def test_num_batches_tracked(bn_target, bn_device, bn_check, data):
         if got != expected:
             mode = "training" if training else "eval"
             problems.append(f"after call {step + 1} ({mode}): expected {expected}, got {got}")
-    bn_check.observe(float(len(problems)))
+    bn_check.metric("problems", len(problems))  # a count, not an err/tol ratio
     if problems:
         raise CheckFailure("num_batches_tracked is wrong:\n  " + "\n  ".join(problems[:4]) +
                            f"\n  likely cause: {diagnose.modes.num_batches_tracked(problems)}\n  case: {case.describe()}")
@@ -249,7 +249,7 @@ def test_fresh_defaults(bn_target, bn_device, bn_check, data):
         for name, t, want in (("running_mean", run[0], 0.0), ("running_var", run[1], 1.0)):
             if not np.array_equal(to_f64(t), np.full(c, want)):
                 problems.append(f"{name}: expected all {want:g}, got {to_f64(t)[:6].tolist()}")
-    bn_check.observe(float(len(problems)))
+    bn_check.metric("problems", len(problems))  # a count, not an err/tol ratio
     if problems:
         raise CheckFailure("a freshly constructed batch norm must start as the identity in eval "
                            "(gamma 1, beta 0, running mean 0, running variance 1):\n  " + "\n  ".join(problems)
@@ -265,28 +265,27 @@ def test_constructor_defaults(bn_target, bn_device, bn_check):
     d = probe_defaults(bn_target, bn_device)
     problems, causes = [], []
     w_exp = conv.to_update_fraction(conv.default_momentum)
-    ratio = 0.0
+    ratios = []  # |measured - default| / its tolerance, for what could be measured
     if d.eps is None or not math.isfinite(d.eps):
-        problems.append(f"default eps could not be measured ({d.note})")
-        ratio = math.inf
+        problems.append(f"default eps not measurable: {d.eps_note or d.note or 'the probe gave no finite value'}")
     else:
         r_eps = abs(d.eps - conv.default_eps) / (tols.DEFAULT_EPS_RTOL * conv.default_eps)
-        ratio = max(ratio, r_eps)
+        ratios.append(r_eps)
         if r_eps > 1:
             problems.append(f"default eps: expected {conv.default_eps:g} ({conv.name}), measured {d.eps:.4g}")
             causes.append(diagnose.modes.default_eps(d.eps, conv))
     if d.weight_new is None or not math.isfinite(d.weight_new):
-        problems.append(f"default momentum could not be measured ({d.note})")
-        ratio = math.inf
+        problems.append(f"default momentum not measurable: {d.note or 'the probe gave no finite value'}")
     else:
         r_m = abs(d.weight_new - w_exp) / tols.DEFAULT_MOMENTUM_ATOL
-        ratio = max(ratio, r_m)
+        ratios.append(r_m)
         if r_m > 1:
             problems.append(f"default momentum: the first training step gave the new batch weight {d.weight_new:.4g}; "
                             f"expected {w_exp:.4g} ({conv.name}: momentum {conv.default_momentum:g}, "
                             f"{'weight of the new batch' if conv.momentum_kind == 'update_fraction' else 'decay of the old value'})")
             causes.append(diagnose.modes.default_momentum(d.weight_new, conv))
-    bn_check.observe(ratio)
+    if ratios:
+        bn_check.observe(max(ratios))
     if problems:
         raise CheckFailure("constructor defaults differ from the convention:\n  " + "\n  ".join(problems)
                            + "".join(f"\n  likely cause: {c}" for c in causes)
@@ -420,17 +419,21 @@ def test_no_tracking(bn_target, bn_device, bn_check, data):
         if nbt is not None:
             problems.append("num_batches_tracked exists with track_running_stats=False (torch sets it to None)")
     if problems:
-        bn_check.observe(math.inf)
+        bn_check.metric("problems", len(problems))
         raise CheckFailure("track_running_stats=False must keep no buffers:\n  " + "\n  ".join(problems)
                            + f"\n  likely cause: {diagnose.modes.NO_TRACKING_BUFFERS}")
     x = tensor(case.x, case.dtype, bn_device)
-    inst.forward(x, training=True)
+    out_train = inst.forward(x, training=True)
     out = inst.forward(x, training=False)
     ref, _ = oracle.forward_train(case.x, gamma, beta, case.eps)
     tol = tols.forward_train(case.x, gamma, beta, case.eps, case.dtype)
     cmp = compare(out, ref, tol, "eval-mode output with track_running_stats=False")
     bn_check.observe(cmp.ratio, cmp.max_abs_err)
     if not cmp.ok:
+        if matches(out, to_f64(out_train), tol):  # eval does what training does: the formula itself is wrong
+            cmp.causes = diagnose.forward.train_output(to_f64(out), case.x, gamma, beta, case.eps, tol, case.dtype)
+            raise CheckFailure(cmp.report() + "\n  eval output equals the training output, as it must here; both "
+                               f"differ from the reference\n  case: {case.describe()}")
         cmp.causes = [diagnose.modes.NO_TRACKING_EVAL]
         raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
 
@@ -461,7 +464,7 @@ def test_affine_false(bn_target, bn_device, bn_check, data):
             cmp.causes = diagnose.forward.train_output(to_f64(out), case.x, gamma, beta, case.eps, tol, case.dtype)
             raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
     else:
-        bn_check.observe(float(len(problems)))
+        bn_check.metric("problems", len(problems))  # a count, not an err/tol ratio
     if problems:
         raise CheckFailure("\n".join(problems) + f"\n  case: {case.describe()}")
 
@@ -498,7 +501,7 @@ def test_state_dict_roundtrip(bn_target, bn_device, bn_check, data):
     if not (np.array_equal(ra[0], rb[0]) and np.array_equal(ra[1], rb[1])):
         problems.append("a further training step from the loaded state gives different running statistics "
                         "(is state kept outside state_dict, e.g. a step counter or a cached momentum?)")
-    bn_check.observe(float(len(problems)))
+    bn_check.metric("problems", len(problems))  # a count, not an err/tol ratio
     if problems:
         stats = ("running_mean", "running_var")
         keys = [k for k in sd if k.rsplit(".", 1)[-1] in stats]
@@ -513,12 +516,10 @@ def test_mode_source(bn_target, bn_device, bn_check):
     source = bn_target.probe_mode_source(bn_device)
     bn_check.detail("mode_source", source)
     if source == "flag":
-        bn_check.observe(0.0)
         return
     if source == "grad":
         bn_check.detail("note", diagnose.modes.GRAD_MODE_DESIGN)
         pytest.skip(diagnose.modes.GRAD_MODE_DESIGN)
-    bn_check.observe(math.inf)
     raise CheckFailure("which statistics the module normalises with does not follow .train()/.eval(): "
                        "probed with .train() under torch.no_grad() and .eval() with autograd on, running statistics "
                        f"set to mean 5, variance 4\n  likely cause: {diagnose.modes.MODE_SOURCE[source]}")
@@ -539,7 +540,7 @@ def test_running_buffers_detached(bn_target, bn_device, bn_check, data):
         pytest.skip("no running statistics")
     attached = [name for name, t in zip(("running_mean", "running_var"), run)
                 if isinstance(t, torch.Tensor) and (t.requires_grad or t.grad_fn is not None)]
-    bn_check.observe(float(len(attached)))
+    bn_check.metric("problems", len(attached))  # a count, not an err/tol ratio
     if attached:
         raise CheckFailure(f"{' and '.join(attached)} require grad / have a grad_fn after two training steps with an "
                            f"input that requires grad\n  likely cause: {diagnose.modes.GRAPH_IN_BUFFERS}"
@@ -640,7 +641,7 @@ def test_single_value_per_channel(bn_target, bn_device, bn_check, data):
             if not (np.allclose(rm, erm, rtol=rtol, atol=atol) and np.allclose(rv, erv, rtol=rtol, atol=atol)):
                 problems.append(f"running statistics after one value per channel: expected mean {erm[:3].tolist()}, "
                                 f"var {erv[:3].tolist()}; got {rm[:3].tolist()}, {rv[:3].tolist()}")
-    bn_check.observe(float(len(problems)))
+    bn_check.metric("problems", len(problems))  # a count, not an err/tol ratio
     if problems:
         raise CheckFailure(f"one value per channel in training ({conv.name} convention):\n  " + "\n  ".join(problems)
                            + "".join(f"\n  likely cause: {c_}" for c_ in causes)

@@ -94,6 +94,10 @@ def test_bug_is_caught(bug: Bug, monkeypatch):
     convention = None
     if getattr(bug, "convention", None):
         convention = bug.convention
+    expect = getattr(bug, "expect", ())
+    passes = getattr(bug, "passes", ())
+    if expect or passes:  # registry_truth: only the checks whose messages are asserted
+        extra = ["-k", " or ".join(sorted({*bug.catches, *passes, *(c for c, _, _ in expect)}))]
     code, summary = check(bug.target, kind=bug.kind, suites=bug.suites, seed=0, convention=convention,
                           extra=extra)
     assert summary is not None, f"no summary (exit {code})"
@@ -108,3 +112,14 @@ def test_bug_is_caught(bug: Bug, monkeypatch):
     for r in summary.results:
         if r.failed:
             assert r.message.strip(), f"{r.check} failed without a message"
+    # right or silent: each failure names the cause its hypothesis reproduces, or says none does
+    for check_name, present, absent in expect:
+        msgs = [r.message for r in summary.results if r.failed and r.check.split("[")[0] == check_name]
+        assert msgs, f"{bug.id}: {check_name} did not fail"
+        for msg in msgs:
+            assert any(p in msg for p in present), f"{bug.id}: {check_name} names none of {present}:\n{msg}"
+            wrong = [a for a in absent if a in msg]
+            assert not wrong, f"{bug.id}: {check_name} names a cause its numbers do not support {wrong}:\n{msg}"
+    for check_name in passes:
+        bad = [r.check for r in summary.results if r.failed and r.check.split("[")[0] == check_name]
+        assert not bad, f"{bug.id}: {bad} failed, but the bug does not touch them"

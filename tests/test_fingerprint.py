@@ -69,3 +69,44 @@ def test_cli_json_and_exit_codes(capsys):
     assert main(["fingerprint", "torch"]) == 0
     assert "running var estimator" in capsys.readouterr().out
     assert main(["fingerprint", "no_such_module_xyz:Thing"]) == 2
+
+
+def test_eps_outside_the_square_root_is_measured_not_squared():
+    """1/y at running_var 0 is eps itself when eps sits outside the square root: never eps^2 (1e-10)."""
+    e = fingerprint(load_target("tests.gallery.buggy_truth:EpsOutsideSqrtBatchNorm")).entries
+    assert e["eps_default"] == pytest.approx(1e-5, rel=1e-3)
+    assert e["eps_placement"].startswith("outside")
+    d = probe_defaults(load_target("tests.gallery.buggy_truth:EpsOutsideSqrtBatchNorm"))
+    assert d.eps == pytest.approx(1e-5, rel=1e-3) and d.eps_placement == "outside"
+
+
+def test_unmeasurable_entries_say_why_and_are_null_in_json(capsys):
+    """A target whose eval path has no eps: no inf and no made-up eps, the reason instead; no numpy warning."""
+    import warnings
+
+    spec = "tests.gallery.course.bug_test_no_eps"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fp = fingerprint(load_target(spec))
+    assert fp.entries["eps_default"] is None
+    why = fp.not_measurable["eps_default"]
+    assert "running_var=0" in why and "gave inf" in why
+    table = fp.table()
+    assert "not measurable: eval with running_var=0" in table
+    row = next(ln for ln in table.splitlines() if ln.strip().startswith("eps default"))
+    assert row.split("eps default", 1)[1].strip().startswith("not measurable: ")
+    assert "()" not in table
+    assert "default eps not measured" in fp.entries["matches_convention"]
+    assert main(["fingerprint", spec, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["entries"]["eps_default"] is None
+    assert data["not_measurable"]["eps_default"] == why
+
+
+def test_not_supported_probes_keep_their_reason():
+    fp = fingerprint(load_target("tests.gallery.buggy_functional:batch_norm_no_eps_in_training"))
+    for key in ("eps_default", "momentum_default", "momentum_none"):
+        assert fp.entries[key] is None
+        assert fp.not_measurable[key].strip(" ()")
+    assert "(defaults not measurable" not in fp.entries["matches_convention"]
+    assert fp.entries["matches_convention"].endswith("(default eps not measurable for this kind)")

@@ -193,7 +193,7 @@ def test_sgd_metrics_show_norm_growth_and_shrinking_effective_lr():
 def test_scale_break_patterns():
     small = diagnose.invariance.scale_break(1e-6, [(0.5, True), (2.0, True), (1e-6, False), (1e6, True)])
     large = diagnose.invariance.scale_break(1e9, [(0.5, True), (2.0, True), (1e-6, True), (1e9, False)])
-    sign = diagnose.invariance.scale_break(-2.0, [(-0.5, True), (-2.0, False)])
+    sign = diagnose.invariance.scale_break(-2.0, [(-0.5, True), (2.0, True), (-2.0, False)])  # +2 held, -2 broke
     assert "floor or clamp" in small[0]
     assert "overflow" in large[0]
     assert "sign" in sign[0]

@@ -206,3 +206,60 @@ def test_compare_reports_a_bench_timing_only_beyond_both_runs_noise():
     assert [r.metric for r in quiet if r.metric == "median_ms"] == []  # 0.4 ms < sqrt(0.3^2 + 0.4^2) = 0.5 ms
     slower = [r for r in diff_runs(run(10.0, 0.3), run(20.0, 0.4), timings=True) if r.metric == "median_ms"]
     assert len(slower) == 1 and abs(slower[0].noise - 0.5) < 1e-12
+
+
+def _seeded(seed: int, ratios: list[float], failed: set[int]) -> str:
+    from bnverify.results import CheckResult, RunSummary
+
+    results = [CheckResult(nodeid=f"suites/test_bn_forward.py::test_c{i}", suite="forward", check=f"test_c{i}",
+                           outcome="failed" if i in failed else "passed", worst_ratio=r)
+               for i, r in enumerate(ratios)]
+    summary = RunSummary(target="pkg.mod:Seeded", kind="torch-module", convention="torch", tier="quick",
+                         device="cpu", seed=seed, params={"seed": seed}, results=results)
+    return summary  # type: ignore[return-value]
+
+
+def test_compare_puts_flips_then_crossings_then_real_changes_first(store: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Between a passing and a failing run: the flips lead, then tolerance crossings, then changes beyond
+    seed noise; the checks that moved within seed noise are only counted."""
+    n = 30
+    a_ratios = [0.1 + 0.01 * i for i in range(n)]
+    b_ratios = [r * 1.7 for r in a_ratios]  # within seed noise (a factor < 10)
+    b_ratios[0] = b_ratios[1] = b_ratios[2] = 5.0  # the flips
+    b_ratios[3] = 0.95  # 0.13 -> 0.95: now close to the tolerance
+    a_ratios[4], b_ratios[4] = 0.001, 0.3  # a factor of 300: beyond seed noise
+    for seed, ratios, failed in ((1, a_ratios, set()), (2, b_ratios, {0, 1, 2})):
+        out = tracking.log_invocation(_seeded(seed, ratios, failed), tracking_uri=store)
+        assert out.run_id, out.message
+        time.sleep(0.002)
+    rc, out, _ = cli(capsys, "compare", "pkg.mod:Seeded@latest~1", "pkg.mod:Seeded@latest", "--tracking-uri", store)
+    assert rc == 1
+    first = out.index("verdict flips, passed -> failed: 3")
+    crossing = out.index("tolerance crossings")
+    beyond = out.index("other changes beyond seed noise")
+    rest = out.index(f"{n - 5} other checks moved within seed noise")
+    assert first < crossing < beyond < rest
+    assert "30 checks: 3 newly failing, 0 newly passing, 1 near the tolerance, 1 changed beyond seed noise, 25 within" \
+        in out
+    flips, crossings = out[first:crossing], out[crossing:beyond]
+    assert all(f"forward/test_c{i}" in flips for i in range(3)) and "test_c3" not in flips
+    assert "forward/test_c3" in crossings and "0.95" in crossings
+    assert "forward/test_c4" in out[beyond:rest] and "forward/test_c9" not in out[:rest]
+    rc, out, _ = cli(capsys, "compare", "pkg.mod:Seeded@latest~1", "pkg.mod:Seeded@latest", "--tracking-uri", store,
+                     "--format", "json")
+    doc = json.loads(out)
+    assert [r["check"] for r in doc["flips"]] == [f"forward/test_c{i}" for i in range(3)]
+    assert len(doc["within_seed_noise"]) == n - 5
+
+
+def test_compare_with_the_same_seed_lists_every_change() -> None:
+    from bnverify.tracking_cli import DiffRow, classify
+
+    rows = [DiffRow("forward/test_a", "worst_ratio", 0.1, 0.15), DiffRow("forward/test_b", "pass", 1.0, 0.0),
+            DiffRow("forward/test_b", "worst_ratio", 0.2, 3.0)]
+    same = classify(rows, "7", 7)
+    assert same.same_seed and [r.check for r in same.flips] == ["forward/test_b"]
+    assert "forward/test_a" in {r.check for r in same.changes} and not same.within_noise
+    other = classify(rows, 7, 8)
+    assert other.within_noise == {"forward/test_a"}

@@ -13,20 +13,27 @@ from bnverify.tolerances import Tolerance
 def scale_break(scale: float, swept: list[tuple[float, bool]], *, gradient: bool = False) -> list[str]:
     """Where a scale invariance breaks says what kind of magnitude dependence the target has.
 
-    ``swept`` is every (scale, held) pair checked.  Small scales alone point
-    at an absolute floor, clamp or threshold (or an absolute resolution);
-    large ones alone at an overflow guard or a fixed-width accumulator; a
-    difference between ``a`` and ``-a`` at code that looks at the sign.
+    ``swept`` is every (scale, held) pair checked.  Each sentence needs its own evidence in the sweep:
+    sign dependence only where some ``a`` held and ``-a`` did not (or the reverse); a floor, clamp or
+    threshold only where small scales alone broke and moderate ones held; an overflow guard or
+    fixed-width accumulator only where large scales alone broke; a constant relative to the input's
+    magnitude only where both ends broke and the middle held.  A sweep in which nothing held says
+    nothing about where it breaks, so it names nothing.
     """
+    where = "backward" if gradient else "forward"
+    held = {abs(a): ok for a, ok in swept}
+    out = []
+    flips = sorted({abs(a) for a, ok in swept if any(b == -a and ok2 != ok for b, ok2 in swept)})
+    if flips:
+        out.append(f"at |a| = {', '.join(f'{a:.3g}' for a in flips[:4])} one sign of the scale holds and the other "
+                   f"breaks: something in the {where} pass depends on the sign (a max without abs, floor-rounding, "
+                   "a clamp at 0, abs() in a statistic)")
+        return out
+    if not any(held.values()):
+        return out
     bad = [a for a, ok in swept if not ok]
     small = [a for a in bad if abs(a) < 1]
     large = [a for a in bad if abs(a) > 1]
-    where = "backward" if gradient else "forward"
-    out = []
-    if any(a < 0 for a, _ in swept):
-        out.append("the output does not flip sign exactly with the input: something in the "
-                   f"{where} pass depends on the sign (a max without abs, floor-rounding, a clamp at 0, abs() "
-                   "in a statistic)")
     if small and not large:
         out.append(f"it holds at moderate scales and breaks only below |a| = {max(abs(a) for a in small):.3g}: an "
                    f"absolute constant in the {where} pass, e.g. a floor or clamp on the variance or std "
@@ -37,14 +44,17 @@ def scale_break(scale: float, swept: list[tuple[float, bool]], *, gradient: bool
                    f"overflow guard or pre-scaling in the {where} pass that does not scale eps with the data, or an "
                    "accumulator that overflows (fixed-point int64, 16-bit sums)")
     elif small and large:
-        out.append(f"it breaks at both ends of the scale sweep: the {where} pass uses a constant relative to the "
-                   "input's magnitude (eps or a clamp scaled by |x|), or quantises with a fixed step")
+        out.append(f"it holds at moderate scales and breaks at both ends of the sweep: the {where} pass uses a "
+                   "constant relative to the input's magnitude (eps or a clamp scaled by |x|), or quantises with a "
+                   "fixed step")
     return out
 
 
 def order_dependence(y: np.ndarray, yp: np.ndarray, x: np.ndarray, xp: np.ndarray, gamma: np.ndarray | None,
                      beta: np.ndarray | None, eps: float, tol: Tolerance, perm: np.ndarray) -> list[str]:
-    """Hypotheses for a training output that depends on the order of the batch."""
+    """Hypotheses for a training output that depends on the order of the batch: statistics of a prefix.
+
+    Only a prefix whose statistics reproduce ``y`` is named; with none the list is empty."""
     g, b = affine(x, gamma, beta)
     axes = reduction_axes(x.ndim)
     n = x.shape[0]
@@ -57,8 +67,7 @@ def order_dependence(y: np.ndarray, yp: np.ndarray, x: np.ndarray, xp: np.ndarra
         if matching(y, tol, [("", prefix)]):
             return [f"the output matches statistics taken from the first {k} of the {n} samples only: batch norm's "
                     "statistics are over the whole batch, so they cannot depend on its order"]
-    return ["the output depends on the order of the samples: a sequential or partial statistic (a prefix, a "
-            "cumulative mean, a per-sample update of the stats) instead of one mean and variance of the whole batch"]
+    return []  # no prefix reproduces it: the report says that no known pattern does
 
 
 SHIFT = ("the output depends on the absolute level of the input: the mean subtracted in training is not the "
