@@ -35,6 +35,8 @@ STATE_KEY = pytest.StashKey["_State"]()
 MNIST_KEY = pytest.StashKey[Any]()
 XFAILS_KEY = pytest.StashKey[Any]()
 PREFLIGHT_KEY = pytest.StashKey[list[Any]]()
+BUDGET_KEY = pytest.StashKey[Any]()
+EXAMPLES_KEY = pytest.StashKey[tuple[int, int, "float | None"]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,9 +82,34 @@ def pytest_configure(config: pytest.Config) -> None:
 
     torch.set_num_threads(max(1, config.getoption("bn_threads")))
     preflight = target.family.preflight
-    config.stash[PREFLIGHT_KEY] = preflight(target, config.getoption("bn_device")) if preflight else []
+    from bnverify import isolate
+
+    isolate.configure(config, target)  # under --isolate only the worker calls the target (and runs the preflight)
+    if isolate.requested(config) or isolate.is_worker(config):
+        config.stash[PREFLIGHT_KEY] = []
+    else:
+        config.stash[PREFLIGHT_KEY] = preflight(target, config.getoption("bn_device")) if preflight else []
     _configure_hypothesis(config)
+    _configure_budget(config, target)
     config.pluginmanager.register(_Reporter(config), "bnverify-reporter")
+
+
+def _configure_budget(config: pytest.Config, target: Any) -> None:
+    """The run's time budget (``bnverify.budget``), with the target's call time measured after a clean preflight."""
+    from bnverify import budget
+
+    total = config.getoption("bn_time_budget")
+    if total is None:
+        total = budget.DEFAULT_TIME_BUDGET_S[config.getoption("bn_tier")]
+    if total < 0:
+        raise pytest.UsageError(f"bnverify: --time-budget must be at least 0 (0: no limit), got {total:g}")
+    explicit = config.getoption("bn_max_examples") is not None
+    steps = config.stash.get(PREFLIGHT_KEY, [])
+    call_s = None
+    if total > 0 and not explicit and steps and not any(s.failed for s in steps):
+        call_s = budget.measure_call_s(target, config.getoption("bn_device"))
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    config.stash[BUDGET_KEY] = budget.RunBudget(float(total), call_s, explicit, workers)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -102,6 +129,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         seed = random.SystemRandom().randrange(2**31)
     config.option.bn_seed = seed
     config.option.hypothesis_seed = str(seed)
+    from bnverify import isolate
+
+    isolate.configure_cmdline(config)
 
 
 def _configure_hypothesis(config: pytest.Config) -> None:
@@ -201,6 +231,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     _apply_preflight(config, items)
     _apply_xfails(config, items)
     _apply_example_budgets(items)
+    _plan_time_budget(config, items)
 
 
 def _apply_preflight(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -256,11 +287,32 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         state.shrink_left = per_check * RUN_SHRINK_BUDGET_FACTOR
     saved = engine.MAX_SHRINKING_SECONDS
     engine.MAX_SHRINKING_SECONDS = min(per_check, max(0.0, state.shrink_left))  # type: ignore[assignment]
+    run, tier = item.config.stash.get(BUDGET_KEY, None), item.stash.get(EXAMPLES_KEY, None)
+    fn = getattr(item, "obj", None)
+    saved_settings = getattr(fn, "_hypothesis_internal_use_settings", None)
+    if run is not None and tier is not None and saved_settings is not None:
+        from hypothesis import settings
+
+        plan = run.plan(item.nodeid, *tier)
+        fn._hypothesis_internal_use_settings = settings(saved_settings, max_examples=plan.examples)  # type: ignore[union-attr]
+        run.start()
     t0 = time.perf_counter()
     try:
         outcome = yield
     finally:
         engine.MAX_SHRINKING_SECONDS = saved
+        if run is not None and tier is not None and saved_settings is not None:
+            fn._hypothesis_internal_use_settings = saved_settings  # type: ignore[union-attr]
+            generated, shrinking = run.finish(item.nodeid)
+            data = _item_data(item)
+            data.setdefault("metrics", {})["examples"] = float(generated)
+            details = data.setdefault("details", {})
+            details["examples"] = generated
+            if shrinking:
+                details["shrink_calls"] = shrinking
+            if plan.flag:
+                details["examples_of_tier"] = tier[0]
+                details["reproduce_flags"] = plan.flag
     if outcome.excinfo is not None:  # it failed (and shrank): charge its time to the run's budget
         state.shrink_left -= time.perf_counter() - t0
 
@@ -286,6 +338,27 @@ def _apply_example_budgets(items: list[pytest.Item]) -> None:
         fn._hypothesis_internal_use_settings = settings(current, max_examples=n)
 
 
+def _plan_time_budget(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each hypothesis check's tier count and weight for the time budget; count the examples each runs."""
+    from hypothesis import settings
+
+    from bnverify import budget
+
+    run = config.stash.get(BUDGET_KEY, None)
+    current = settings.default
+    if run is None or current is None:
+        return
+    for it in items:
+        fn = getattr(it, "obj", None)
+        if fn is None or _suite_of(it) is None or not hasattr(fn, "_hypothesis_internal_use_settings"):
+            continue
+        mark = it.get_closest_marker("bnverify_examples")
+        frac = float(mark.args[0]) if mark else None
+        it.stash[EXAMPLES_KEY] = (fn._hypothesis_internal_use_settings.max_examples, current.max_examples, frac)
+        run.weights[it.nodeid] = frac if frac is not None else 1.0
+        budget.count_examples(fn)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     target = config.stash.get(TARGET_KEY, None)
     if target is None:
@@ -302,7 +375,18 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"bnverify suites: {', '.join(suites)}; hypothesis seed {seed}, profile "
         f"{settings.get_current_profile_name()} (max_examples={getattr(settings.default, 'max_examples', '?')})",
         f"bnverify reproduce: {_reproduce(target)} --seed {seed}",
+        *_budget_header(config),
     ]
+
+
+def _budget_header(config: pytest.Config) -> list[str]:
+    run = config.stash.get(BUDGET_KEY, None)
+    if run is None or run.total_s <= 0:
+        return []
+    if run.explicit:
+        return ["bnverify time budget: off (--max-examples fixes the examples per check)"]
+    call = f"; median training-forward call {run.call_s * 1e3:.3g} ms" if run.call_s is not None else ""
+    return [f"bnverify time budget: {run.total_s:g} s{call} (examples per check adapt to stay within it)"]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -414,6 +498,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if report.failed and call.excinfo is not None and _is_verdict(call.excinfo.value) and data.get("message"):
         path, lineno, _ = item.location
         reproduce = f"{_reproduce(item.config.stash[TARGET_KEY])} --suite {suite} --seed {item.config.getoption('bn_seed')}"
+        reproduce += "".join(f" {f}" for f in [data.get("details", {}).get("reproduce_flags")] if f)
         report.longrepr = _CheckRepr(f"{data['message']}\nreproduce: {reproduce}", (path, (lineno or 0) + 1))
     target = item.config.stash.get(TARGET_KEY, None)
     if target is not None and call.when == "call":  # JUnit reads them from the teardown report, so on the item
@@ -595,6 +680,7 @@ class _Reporter:
             "tier": config.getoption("bn_tier"), "device": config.getoption("bn_device"),
             "seed": config.getoption("bn_seed"), "suites": ",".join(config.getoption("bn_suite") or ["all"]),
             "timeout_s": config.getoption("bn_timeout"),
+            **_budget_params(config, self.results.values()),
         }
         results = dict(self.results)
         for step in config.stash.get(PREFLIGHT_KEY, []):
@@ -626,12 +712,13 @@ class _Reporter:
                 terminalreporter.write_sep("-", f"{r.suite}/{r.check}")
                 for line in r.details["console"].splitlines():
                     terminalreporter.write_line(line)
-        for name, p in sorted(self.artifacts.items()):
-            terminalreporter.write_line(f"bnverify: {name}: {p}")
         unmatched = self._unmatched_xfails()
         for u in unmatched:
             terminalreporter.write_line(f"bnverify: warning: known-deviation entry {u} matches no check of this run")
         outcome = self._finish(summary, text, terminalreporter)
+        for name, p in sorted(self.artifacts.items()):  # where each artifact lives now: the store, else the spool
+            where = outcome.artifact_location(name) if outcome is not None else None
+            terminalreporter.write_line(f"bnverify: {name}: {where or f'{p} (not logged: a temporary file)'}")
         self._markdown(summary, outcome, unmatched, terminalreporter)
 
     def _unmatched_xfails(self) -> list[str]:
@@ -647,7 +734,11 @@ class _Reporter:
             return
         target = self.config.stash[TARGET_KEY]
         fingerprint = None
-        if target.family.fingerprint is not None and not target.watchdog.hung:
+        from bnverify import isolate
+
+        if isolate.requested(self.config):  # the controller never calls the target
+            fingerprint = "not measured under --isolate (run `bnverify fingerprint` for it)"
+        elif target.family.fingerprint is not None and not target.watchdog.hung:
             try:
                 fingerprint = target.family.fingerprint(target, self.config.getoption("bn_device"), False)
             except Exception as exc:  # noqa: BLE001 - the summary reports what it could measure
@@ -688,6 +779,38 @@ class _Reporter:
         if outcome.message:
             tr.write_line(f"bnverify: {outcome.message}")
         return outcome
+
+
+def _budget_params(config: pytest.Config, results: Any) -> dict[str, Any]:
+    """The time budget, the measured call time and the examples each check ran, as run parameters."""
+    from bnverify import budget
+
+    run = config.stash.get(BUDGET_KEY, None)
+    if run is None:
+        return {}
+    examples = [r.details["examples"] for r in results if isinstance(r.details.get("examples"), int)]
+    reduced = [r for r in results if r.details.get("reproduce_flags")]
+    out: dict[str, Any] = {"time_budget_s": run.total_s if not run.explicit else "off (--max-examples given)"}
+    if run.call_s is not None:
+        out["call_time_ms"] = round(run.call_s * 1e3, 3)
+    if examples:
+        out["examples_per_check"] = f"{min(examples)}-{max(examples)}" if min(examples) != max(examples) else min(examples)
+    if reduced:
+        ran = sorted({int(r.details["examples"]) for r in reduced if isinstance(r.details.get("examples"), int)})
+        tier = sorted({int(r.details.get("examples_of_tier", 0)) for r in reduced})
+        call = f"median call {run.call_s * 1e3:.3g} ms" if run.call_s is not None else "timed on its first checks"
+        elapsed = time.perf_counter() - run.t0
+        over = (f"; the run took {elapsed:.0f} s: the floor of {budget.MIN_EXAMPLES} examples per check needs more "
+                "than the budget for this target" if elapsed > run.total_s else "")
+        out["time_budget_note"] = (
+            f"slow target ({call}): {len(reduced)} checks ran {_span(ran)} examples instead of the tier's "
+            f"{_span(tier)} to stay within {run.total_s:g} s{over}; each check's count is in the report and its "
+            "reproduce line; pass --time-budget to change the budget, or --max-examples to fix the count")
+    return out
+
+
+def _span(values: list[int]) -> str:
+    return "?" if not values else str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
 
 
 def _redacted(uri: str) -> str:
@@ -761,6 +884,8 @@ def format_table(summary: RunSummary) -> str:
         f"{c['skipped']} skipped" + (f", {c['xfailed']} xfailed" if c["xfailed"] else "")
         + f" in {summary.duration_s:.1f}s (seed {summary.seed})"
     )
+    if summary.params.get("time_budget_note"):
+        lines.append(f"time budget: {summary.params['time_budget_note']}")
     failed = [r for r in summary.results if r.failed]
     if failed:
         lines.append("")

@@ -1020,6 +1020,26 @@ CLAIM_TWIN_ULPS = 1
 last-bit difference another machine's kernels make, which training then amplifies like theirs."""
 
 
+# --------------------------------------------------------------------------- reported examples (never verdicts)
+
+ILL_CONDITIONED_MEAN_OVER_STD = 10.0
+"""A failing example whose input has |mean|/std above this in some channel is ill-conditioned (the
+suites' ``large_mean`` input starts here); before it is reported, the same check is run on inputs of
+the same shape, dtype and eps at ordinary conditioning (``bnverify.strategies.reported_failure``), so
+that a bug that fails everywhere is shown on an ordinary input and ill-conditioning is named as the
+trigger only when ordinary inputs pass."""
+
+ORDINARY_MEAN_OVER_STD = 1.0
+"""Ordinary conditioning: |mean|/std at most this in every channel (the ``ordinary`` input of
+``bnverify.strategies.make_input``, with spreads in [0.5, 2]: variances from 0.25 to 4, where the suites'
+eps reach 0.5)."""
+
+ORDINARY_RETRIES = 4
+"""How many ordinary inputs (data seeds) a failing ill-conditioned example is retried on: a bug that
+fails on ordinary input fails on each of them in practice (every gallery bug that does fails on the
+first), and each retry costs one run of the check's calls, on the reported example only."""
+
+
 # --------------------------------------------------------------------------- comparing two runs (`bnverify compare`)
 # These decide in which section `bnverify compare` lists a change, never a verdict.
 

@@ -23,8 +23,8 @@ from bnverify.adapter import NotSupported, TargetError
 from bnverify.compare import CheckFailure, compare, to_f64
 from bnverify.instances import build, require_dtype, require_rank
 from bnverify.reference import batchnorm as oracle
-from bnverify.strategies import (DTYPES, HALF, LARGE_BATCH, RANKS, Case, cases, make_input, running_stats_for, tensor,
-                                 to_dtype_values, upstream_grad)
+from bnverify.strategies import (DTYPES, HALF, LARGE_BATCH, RANKS, Case, cases, make_input, reported_failure,
+                                 running_stats_for, tensor, to_dtype_values, upstream_grad)
 from bnverify.strategies import dtype_id as _id
 
 pytestmark = [pytest.mark.bnverify_suite("forward"), pytest.mark.bnverify_tier("quick")]
@@ -51,7 +51,17 @@ def _check_train_output(target: Any, case: Case, device: str, check: Any, *, x: 
                 wide = None
         cmp.causes = diagnose.forward.train_output(to_f64(out), case.x, gamma, beta, case.eps, tol, case.dtype,
                                                    running64, wide)
-        raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
+        report = cmp.report() + f"\n  case: {case.describe()}"
+        raise CheckFailure(reported_failure(case, report, lambda c: _failure_of(target, c, device)))
+
+
+def _failure_of(target: Any, case: Case, device: str) -> str | None:
+    """The report of ``case`` failing the training-output check (recording nothing), None when it passes."""
+    try:
+        _check_train_output(target, case, device, _Unrecorded())
+    except AssertionError as exc:  # CheckFailure, or the target's own TargetError
+        return str(exc)
+    return None
 
 
 class _Unrecorded:
