@@ -11,11 +11,13 @@ error (unknown run id or target, unreachable store), with one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from bnverify import tracking
 from bnverify.tables import table
 from bnverify.tracking.config import is_http_uri, redact, sqlite_path
+from bnverify.tracking.plan import from_store
+from bnverify.tracking.query import invocation_metrics
 from bnverify.tracking.store import open_store
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -91,9 +95,20 @@ def add_commands(subparsers: Any) -> None:
         "ui",
         parents=[common],
         help="open the MLflow UI on the configured store",
-        description="Run `mlflow ui` on the configured store, bound to 127.0.0.1.",
+        description=(
+            "Run `mlflow ui` on the configured store, bound to 127.0.0.1 unless --host says otherwise. "
+            "The URL is printed once the server answers; Ctrl-C or SIGTERM stops the server and all its "
+            "workers. A busy port is an error (exit code 2)."
+        ),
     )
     p.add_argument("--port", type=_port, default=5000, metavar="N", help="port to listen on. Default: %(default)r")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address to listen on; anything but loopback is reachable from other machines (a warning is "
+        "printed: MLflow's server has no authentication). Default: %(default)r",
+    )
     p.add_argument(
         "--print-only", action="store_true", help="print the command and URL, start nothing. Default: %(default)r"
     )
@@ -237,33 +252,159 @@ def cmd_sync(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- ui
 
 
+#: How long ``bnverify ui`` waits for the server to answer before giving up on it.
+UI_START_TIMEOUT_S = 120.0
+#: How long the server's processes get to end after SIGTERM before they are killed.
+UI_STOP_GRACE_S = 10.0
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (only this machine can connect)."""
+    import ipaddress
+
+    if host.lower() in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    """Where to reach a server bound to ``host`` from this machine."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """None when ``host:port`` can be bound now, else why not (one line).
+
+    Binds a socket the way the server will (``SO_REUSEADDR`` set, as uvicorn does), so a
+    port held only by connections in TIME_WAIT counts as free, as it does for the server.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot resolve host {host!r}: {e.strerror or e}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = UI_STOP_GRACE_S) -> None:
+    """Stop every process of the server's group: ``sig``, up to ``grace`` seconds, then SIGKILL."""
+    for s in (sig, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, s)
+        deadline = time.monotonic() + (grace if s != signal.SIGKILL else 5.0)
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(proc.pid, 0)  # anyone left in the group (uvicorn workers outlive their parent)?
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    """``bnverify ui``: the MLflow UI on the configured store, until Ctrl-C or SIGTERM.
+
+    The server runs in its own process group; SIGINT, SIGTERM and SIGHUP are forwarded to
+    the whole group, which is waited for (and killed after :data:`UI_STOP_GRACE_S`), so no
+    uvicorn worker outlives the command.  A busy port is reported at once (exit 2), and the
+    URL is printed once the server answers.
+    """
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     if is_http_uri(uri):
-        print(f"{uri} is a tracking server; its UI is at {uri}")
+        print(f"{redact(uri)} is a tracking server; its UI is at {redact(uri)}")
         return 0
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    host, port = args.host, args.port
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     db = sqlite_path(uri)
     if db is not None:
         # artifacts of experiments made in the UI go beside the store, not into ./mlartifacts;
         # one worker: SQLite has one writer (and four workers take four times as long to start)
         cmd += ["--artifacts-destination", str(db.parent / "artifacts"), "--workers", "1"]
-    url = f"http://127.0.0.1:{args.port}"
-    shown = [redact(c) for c in cmd]
-    print(f"MLflow UI on {redact(uri)}: {url}")
-    print("$ " + shlex.join(shown))
+    url = f"http://{_url_host(host)}:{port}"
     if args.print_only:
+        print(f"MLflow UI on {redact(uri)}: {url}")
+        print("$ " + shlex.join(redact(c) for c in cmd))
         return 0
     if not tracking.mlflow_available():
         return _fail("mlflow is not installed (pip install mlflow)")
+    if not is_loopback(host):
+        print(
+            f"bnverify: warning: the UI listens on {host}:{port}, reachable from other machines; MLflow's "
+            "server has no authentication of its own (keep it on a private network or behind a proxy)",
+            file=sys.stderr,
+        )
+    busy = port_in_use(host, port)
+    if busy:
+        return _fail(f"cannot serve the UI on {host}:{port}: {busy}; choose another port with --port N")
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     # bnverify needs none of MLflow's GenAI job runner: six fewer processes, a faster start
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    print(f"bnverify: starting the MLflow UI on {redact(uri)} ...", flush=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.getsignal(s) for s in handled}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+        for s in handled:
+            signal.signal(s, forward)
+        deadline = time.monotonic() + UI_START_TIMEOUT_S
+        ready = False
+        while not received and proc.poll() is None and time.monotonic() < deadline:
+            if _answers(url):
+                ready = True
+                break
+            time.sleep(0.25)
+        if ready:
+            print(f"MLflow UI ready: {url}  (Ctrl-C stops it)", flush=True)
+        elif not received and proc.poll() is None:
+            _stop_group(proc)
+            return _fail(f"the MLflow UI did not answer at {url} within {UI_START_TIMEOUT_S:.0f} s; stopped it")
+        while proc.poll() is None and not received:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
+        code = proc.poll()
+    finally:
+        _stop_group(proc, signal.SIGTERM, UI_STOP_GRACE_S if proc.poll() is None else 2.0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        return 0  # stopped on request
+    if code != 0:
+        return _fail(f"the MLflow UI exited with code {code} (its messages are above)", 1)
+    return 0
 
 
 # --------------------------------------------------------------------------- shared query helpers
@@ -391,16 +532,31 @@ def _differs(metric: str, a: float | None, b: float | None, rtol: float, atol: f
         return a is not b
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) != math.isnan(b)
+    if math.isinf(a) or math.isinf(b):  # rtol * inf is NaN, and nothing is greater than NaN
+        return a != b
     if metric in ("pass", "skipped") or metric.endswith((".pass", ".skipped", ".failed", ".passed", ".total")):
         return a != b
     return abs(a - b) > atol + rtol * max(abs(a), abs(b))
 
 
 def diff_runs(
-    a: Run, b: Run, *, rtol: float = 0.0, atol: float = 0.0, timings: bool = False, timing_rtol: float = 0.10
+    a: Run,
+    b: Run,
+    *,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    timings: bool = False,
+    timing_rtol: float = 0.10,
+    metrics_a: dict[str, float] | None = None,
+    metrics_b: dict[str, float] | None = None,
 ) -> list[DiffRow]:
-    """Metrics of two parent runs that differ, by check; invocation-level rows first."""
-    ma, mb = a.data.metrics, b.data.metrics
+    """Metrics of two parent runs that differ, by check; invocation-level rows first.
+
+    ``metrics_a``/``metrics_b``: the invocations' merged metrics
+    (:func:`bnverify.tracking.query.invocation_metrics`); default the parent runs' own.
+    """
+    ma = a.data.metrics if metrics_a is None else metrics_a
+    mb = b.data.metrics if metrics_b is None else metrics_b
     rows: list[DiffRow] = []
     for key in sorted(set(ma) | set(mb)):
         parts = tracking.split_metric_key(key)
@@ -478,9 +634,9 @@ def classify(rows: list[DiffRow], seed_a: Any, seed_b: Any) -> News:
     return news
 
 
-def _checks_in(run: Run) -> set[str]:
+def _checks_in(metrics: dict[str, float]) -> set[str]:
     out = set()
-    for key in run.data.metrics:
+    for key in metrics:
         parts = tracking.split_metric_key(key)
         if parts:
             out.add(f"{parts[0]}/{parts[1]}")
@@ -496,17 +652,34 @@ def _describe(run: Run) -> dict[str, Any]:
     }
 
 
+def _json_number(value: float | None) -> float | str | None:
+    """JSON has no inf or NaN: they are written as the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _json_row(r: DiffRow) -> dict[str, Any]:
+    d = asdict(r)
+    d["a"], d["b"] = _json_number(r.a), _json_number(r.b)
+    return d
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     def body(client: MlflowClient, uri: str, experiment: str) -> int:
         a = resolve_ref(client, experiment, args.a)
         b = resolve_ref(client, experiment, args.b)
-        rows = diff_runs(a, b, rtol=args.rtol, atol=args.atol, timings=args.timings, timing_rtol=args.timing_rtol)
+        ma, mb = invocation_metrics(client, a), invocation_metrics(client, b)
+        rows = diff_runs(
+            a, b, rtol=args.rtol, atol=args.atol, timings=args.timings, timing_rtol=args.timing_rtol,
+            metrics_a=ma, metrics_b=mb,
+        )
         tag_rows = [
             (k, a.data.tags.get(k), b.data.tags.get(k))
             for k in _COMPARED_TAGS
             if a.data.tags.get(k) != b.data.tags.get(k)
         ]
-        checks = _checks_in(a) | _checks_in(b)
+        checks = _checks_in(ma) | _checks_in(mb)
         differing = {r.check for r in rows if r.check != "(invocation)"}
         news = classify(rows, a.data.params.get("seed"), b.data.params.get("seed"))
         if args.format == "json":
@@ -517,7 +690,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     "tags": [{"tag": k, "a": va, "b": vb} for k, va, vb in tag_rows],
                     "checks": len(checks),
                     "differing_checks": len(differing),
-                    "rows": [asdict(r) for r in rows],
+                    "rows": [_json_row(r) for r in rows],
                     "flips": [asdict(r) for r in news.flips],
                     "crossings": [asdict(r) for r in news.crossings],
                     "changes": [asdict(r) for r in news.changes],
@@ -591,7 +764,9 @@ def cmd_history(args: argparse.Namespace) -> int:
             raise UsageError(f"no runs of target {args.target!r} in experiment {experiment!r} at {redact(uri)}")
         records = []
         for run in runs:
-            m, t = run.data.metrics, run.data.tags
+            m, t = {k: from_store(v) for k, v in run.data.metrics.items()}, run.data.tags
+            if any(key not in m for key in args.metric):  # a suite run's metric (a series, a timing)
+                m = invocation_metrics(client, run)
             rec: dict[str, Any] = {
                 "started": _when(run.info.start_time),
                 "run_id": run.info.run_id,
@@ -609,7 +784,8 @@ def cmd_history(args: argparse.Namespace) -> int:
                 rec[key] = m.get(key)
             records.append(rec)
         if args.format == "json":
-            print(json.dumps(records, indent=2))
+            print(json.dumps([{k: _json_number(v) if isinstance(v, float) else v for k, v in rec.items()}
+                              for rec in records], indent=2))
             return 0
         headers = list(records[0])
         rows = [[v if isinstance(v, str) else _fmt(v) for v in rec.values()] for rec in records]

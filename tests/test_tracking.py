@@ -213,6 +213,32 @@ class Server:
             self.proc.wait(timeout=10)
 
 
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker`` (children inherit it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                if (proc / "stat").read_text().split(") ", 1)[1][0] != "Z":  # zombies have ended
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a TCP socket listens on at ``port`` (from /proc/net/tcp)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hexport = local.split(":")
+        if state == "0A" and int(hexport, 16) == port:
+            out.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    return out
+
+
 @contextlib.contextmanager
 def running_server(home: Path, *args: str, env: dict[str, str] | None = None, ui: bool = False) -> Iterator[Server]:
     srv = Server(home, *args, env=env, ui=ui)
@@ -638,7 +664,8 @@ def test_server_hung_then_killed_mid_run_spools_and_sync_replays_once(
     # the server the checks log to, and (started alongside, to save a start-up) the one
     # that comes back later: `bnverify ui` on the same local store and artifact folder
     srv = Server(home)
-    srv2 = Server(home, ui=True)
+    marker = f"ui-{os.getpid()}-{time.time_ns()}"
+    srv2 = Server(home, ui=True, env={"BNVERIFY_TEST_UI_MARKER": marker})
     try:
         srv.wait_healthy()
         srv2.wait_healthy()
@@ -697,6 +724,18 @@ def test_server_hung_then_killed_mid_run_spools_and_sync_replays_once(
         second = tracking.sync(srv2.url)
         assert second.ok and not second.replayed and not second.skipped
         assert len(parents(runs_of(srv2.url))) == 4 and len(runs_of(srv2.url)) == 4 * (1 + len(SUITES))
+
+        # `bnverify ui`: loopback only, the URL printed once it answered, and SIGTERM to the command
+        # alone (not its group: the server runs in a group of its own) leaves no process behind
+        assert listening_addresses(srv2.port) == {"127.0.0.1"}
+        assert f"MLflow UI ready: {srv2.url}" in srv2.log.read_text()
+        assert len(processes_with(marker)) >= 2  # bnverify ui, mlflow ui, uvicorn and its worker
+        t0 = time.perf_counter()
+        os.kill(srv2.proc.pid, signal.SIGTERM)
+        assert srv2.proc.wait(timeout=30) == 0
+        stop_s = time.perf_counter() - t0
+        assert processes_with(marker) == [], srv2.log.read_text()[-2000:]
+        print(f"bnverify ui stopped with all its processes in {stop_s:.1f} s")
     finally:
         srv.kill()
         srv2.kill()
