@@ -672,6 +672,16 @@ def test_server_hung_then_killed_mid_run_spools_and_sync_replays_once(
         url = srv.url
         ok = tracking.log_invocation(make_summary("pkg:Healthy"), tracking_uri=url, artifacts={"report.txt": "a"})
         assert ok.run_id, ok.message
+        # what the UI reads, over the server's REST API: the experiment's kind, the run's name,
+        # description and metric keys, and where its artifacts are
+        rest = client_for(url)
+        assert rest.get_experiment_by_name("bnverify").tags["mlflow.experimentKind"] == "custom_model_development"
+        run = rest.get_run(ok.run_id)
+        assert run.info.run_name == "FAIL 1/39 · pkg:Healthy · quick"
+        assert run.data.tags["mlflow.note.content"].startswith("**FAIL 1/39** `pkg:Healthy`\n\n**Failed (1):**")
+        assert {k.rsplit(".", 1)[1] for k in run.data.metrics if "/" in k} == {"pass", "worst_ratio"}
+        assert ok.artifact_location("report.txt") == run.info.artifact_uri + "/report.txt"
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
 
         # hung: connections are accepted, nothing answers; the user asked for 1 s timeouts
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
