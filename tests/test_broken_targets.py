@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import tests.gallery
-from bnverify.runner import check
 from tests.gallery.registry import Bug
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,18 +87,16 @@ def test_every_check_has_a_bug_that_it_catches():
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.id)
-def test_bug_is_caught(bug: Bug, monkeypatch):
-    monkeypatch.chdir(REPO)
-    extra = []
-    convention = None
-    if getattr(bug, "convention", None):
-        convention = bug.convention
+def test_bug_is_caught(bug: Bug, check_runs):
+    # the bug's one run of the session (tests/conftest.py), shared with the suites' own meta-tests
     expect = getattr(bug, "expect", ())
     passes = getattr(bug, "passes", ())
     if expect or passes:  # registry_truth: only the checks whose messages are asserted
-        extra = ["-k", " or ".join(sorted({*bug.catches, *passes, *(c for c, _, _ in expect)}))]
-    code, summary = check(bug.target, kind=bug.kind, suites=bug.suites, seed=0, convention=convention,
-                          extra=extra)
+        names = sorted({*bug.catches, *passes, *(c for c, _, _ in expect)})
+        code, summary = check_runs.get(bug.target, kind=bug.kind, suites=tuple(bug.suites), seed=0,
+                                       extra=("-k", " or ".join(names)))
+    else:
+        code, summary = check_runs.bug(bug)
     assert summary is not None, f"no summary (exit {code})"
     failed = {r.check.split("[")[0] for r in summary.results if r.failed}
     missed = [c for c in bug.catches if c not in failed]

@@ -1,56 +1,106 @@
-"""Zero false failures: correct implementations pass every check on 20 different hypothesis seeds.
+"""Zero false failures: every correct batch norm passes the whole quick tier on 20 hypothesis seeds.
 
-Seeds 0-3 run in the default test command; seeds 4-19 are marked ``slow`` (``.ci/run`` runs them too);
-the 50-seed soak is ``tests/test_soak.py``.
+The correct targets: the built-in ones (``torch``, ``reference``, ``torch.nn.functional:batch_norm``),
+``tests.gallery``'s correct and public-code ones (``CORRECT``, ``CORRECT_PUBLIC``) and a correct module
+of each other framework convention under its name (``CORRECT_CONVENTIONS``).  Each runs the quick tier
+(forward, backward, modes, invariance, as ``bnverify check TARGET`` runs it) at 8 examples per check.
+
+The seeds are split by cost:
+
+- seeds 0-1 in the default test command (one test per target and seed);
+- seeds 2-5 marked ``slow`` (``pytest -m slow``; ``.ci/run`` runs them);
+- seeds 6-19 marked ``soak``, with the 50-seed soak of ``tests/test_soak.py`` (``pytest -m soak``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from bnverify.runner import check
 from tests.gallery.registry import CORRECT, CORRECT_PUBLIC
+from tests.gallery.registry_invariance import INVARIANCE_CHECKS
+from tests.gallery.registry_modes import CORRECT_CONVENTIONS
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_SEEDS = range(4)
-SLOW_SEEDS = range(4, 20)
-BUILTIN = [("torch", None), ("reference", None), ("torch.nn.functional:batch_norm", None)]
+FAST_SEEDS = range(0, 2)
+SLOW_SEEDS = range(2, 6)
+SOAK_SEEDS = range(6, 20)
+MAX_EXAMPLES = 8
 
 
-def _suites() -> list[str]:
-    suites_dir = REPO / "suites"
-    names = ["forward", "backward"]
-    for name, module in (("modes", "test_bn_modes.py"), ("invariance", "test_bn_invariance.py")):
-        if (suites_dir / module).exists():
-            names.append(name)
-    return names
+class Correct(NamedTuple):
+    target: str
+    kind: str | None
+    convention: str | None  # None: the kind's default
 
 
-TARGETS = BUILTIN + list(CORRECT) + list(CORRECT_PUBLIC)
+def _correct() -> list[Correct]:
+    out = [Correct("torch", None, None), Correct("reference", None, None),
+           Correct("torch.nn.functional:batch_norm", None, None)]
+    out += [Correct(t, k, None) for t, k in (*CORRECT, *CORRECT_PUBLIC)]
+    for t, k, c in CORRECT_CONVENTIONS:
+        # torch and reference under "torch" are the default-convention runs above
+        if not any(o.target == t and o.kind == k for o in out):
+            out.append(Correct(t, k, c))
+    return out
 
 
-@pytest.mark.parametrize("target,kind", TARGETS, ids=lambda v: str(v))
-def test_correct_target_passes_on_seeds_0_to_3(target, kind, monkeypatch):
-    _passes(target, kind, FAST_SEEDS, monkeypatch)
+TARGETS = _correct()
+EVERY_INVARIANCE_CHECK = {("torch", None), ("reference", None), ("torch.nn.functional:batch_norm", None),
+                          ("tests.gallery.correct:Cs231nBatchNorm", "numpy-cs231n"),
+                          ("tests.gallery.correct:BatchNorm", None)}
+"""Targets that run (pass, not skip) every invariance check: the exact checks need no feature they lack."""
+
+
+def _id(t: Correct) -> str:
+    return t.target + (f"-{t.kind}" if t.kind else "") + (f"-{t.convention}" if t.convention else "")
+
+
+def test_every_correct_target_is_swept():
+    names = {t.target for t in TARGETS}
+    assert {t for t, _ in (*CORRECT, *CORRECT_PUBLIC)} <= names
+    assert {t for t, _, _ in CORRECT_CONVENTIONS} <= names
+    assert len(set(FAST_SEEDS) | set(SLOW_SEEDS) | set(SOAK_SEEDS)) == 20
+
+
+@pytest.mark.parametrize("seed", FAST_SEEDS)
+@pytest.mark.parametrize("spec", TARGETS, ids=_id)
+def test_correct_target_passes(spec, seed, monkeypatch):
+    _passes(spec, [seed], monkeypatch)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target,kind", TARGETS, ids=lambda v: str(v))
-def test_correct_target_passes_on_seeds_4_to_19(target, kind, monkeypatch):
-    _passes(target, kind, SLOW_SEEDS, monkeypatch)
+@pytest.mark.parametrize("seed", SLOW_SEEDS)
+@pytest.mark.parametrize("spec", TARGETS, ids=_id)
+def test_correct_target_passes_more_seeds(spec, seed, monkeypatch):
+    _passes(spec, [seed], monkeypatch)
 
 
-def _passes(target, kind, seeds, monkeypatch):
+@pytest.mark.soak
+@pytest.mark.parametrize("spec", TARGETS, ids=_id)
+def test_correct_target_passes_seeds_6_to_19(spec, monkeypatch):
+    _passes(spec, SOAK_SEEDS, monkeypatch)
+
+
+def _passes(spec: Correct, seeds, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
-    public = (target, kind) in CORRECT_PUBLIC
-    suites = _suites() if public or kind is None or kind != "numpy-cs231n" else ["forward", "backward"]
-    failures = []
+    failures: list[str] = []
     for seed in seeds:
-        code, summary = check(target, kind=kind, suites=suites, seed=seed, max_examples=8)
+        code, summary = check(spec.target, kind=spec.kind, convention=spec.convention, seed=seed,
+                              max_examples=MAX_EXAMPLES)
         assert summary is not None, f"seed {seed}: no summary, exit {code}"
-        bad = [r for r in summary.results if r.failed]
-        failures += [f"seed {seed} {r.suite}/{r.check}: {r.message.splitlines()[0] if r.message else ''}" for r in bad]
-        assert sum(r.outcome == "passed" for r in summary.results) > 0
+        failures += [f"seed {seed} {r.suite}/{r.check}: {r.message.splitlines()[0] if r.message else ''}"
+                     for r in summary.results if r.failed]
+        ran = {r.suite for r in summary.results if r.outcome == "passed"}
+        assert ran == {"forward", "backward", "modes", "invariance"} or (
+            spec.target.endswith("forward_only") and ran == {"forward", "modes", "invariance"}), (
+            f"seed {seed}: checks passed only in the suites {sorted(ran)}")
+        if (spec.target, spec.kind) in EVERY_INVARIANCE_CHECK:
+            passed = {r.check.split("[")[0] for r in summary.results if r.suite == "invariance" and r.passed}
+            missing = sorted(set(INVARIANCE_CHECKS) - passed)
+            assert not missing, f"seed {seed}: invariance checks that did not pass: {missing}"
+        assert code == (1 if failures else 0), f"seed {seed}: exit {code}"
     assert not failures, "\n".join(failures[:20])
