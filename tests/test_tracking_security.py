@@ -23,6 +23,7 @@ from bnverify import tracking, tracking_cli
 from bnverify.results import CheckResult, RunSummary
 from bnverify.tracking import invocation
 from bnverify.tracking.config import (
+    describe_error,
     env_secrets,
     is_secret_name,
     redact,
@@ -153,6 +154,9 @@ def test_the_spool_holds_no_secret(secrets_in_env: list[str], monkeypatch: pytes
     for f in out.spooled.rglob("*"):
         if f.is_file():
             assert_clean(f.read_text(encoding="utf-8", errors="replace"), secrets_in_env)
+    # a store's own error message may quote the URI or a token: messages and meta.json get it redacted
+    error = describe_error(ConnectionError(f"cannot reach http://u:{PASSWORD}@h:5000 with {TOKEN}"))
+    assert error == "ConnectionError: cannot reach http://u:***@h:5000 with ***"
 
 
 def test_artifact_names_from_user_input_stay_inside_the_run(tmp_path: Path) -> None:

@@ -306,6 +306,7 @@ def safe_artifact_path(name: str) -> str | None:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for a failure, as messages and ``meta.json`` carry it."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """One line for a failure, as messages and ``meta.json`` carry it (credentials and secret
+    environment values redacted: a driver's or HTTP library's message may quote the URI)."""
+    text = scrub(" ".join(str(exc).split()) or type(exc).__name__)
     return f"{type(exc).__name__}: {text[:400]}"
