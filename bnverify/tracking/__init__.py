@@ -9,22 +9,23 @@ starts, opens the store in a worker process while the checks run.
 
 What lands in the store (see mlflow/README.md for the full table):
 
-* experiment ``bnverify`` (or ``$BNVERIFY_EXPERIMENT``), created race-free;
-* parent run ``<target>[@<commit>] · <tier> · <verdict>``, status FINISHED when
-  the verdict is ``passed``, FAILED otherwise; tags ``target``, ``kind``,
-  ``convention``, ``tier``, ``device``, ``verdict``, ``host``, ``git.commit``,
-  ``version.{bnverify,torch,numpy,python,mlflow}``, ``bnverify.invocation_id``
-  and every tag the caller put in ``summary.tags``; params from
-  ``summary.params`` (plus ``seed``); metrics ``summary.*`` and, for every
-  check, ``<suite>/<check>.<metric>``, so the UI's compare view of two parent
-  runs is a check-by-check comparison;
-* one child run per suite, ``<suite> · <target>``, holding ``suite.*`` and
-  ``<check>.<metric>``;
-* per check: ``pass`` (1 passed, 0 failed; absent when skipped), ``skipped``,
-  ``worst_ratio`` (largest error over its tolerance), ``max_abs_err``,
+* experiment ``bnverify`` (or ``$BNVERIFY_EXPERIMENT``), created race-free, tagged
+  ``mlflow.experimentKind=custom_model_development`` (MLflow 3 opens it on its runs);
+* parent run ``FAIL 3/72 · <target> · <tier>`` (verdict first), status FINISHED when the
+  verdict is ``passed``, FAILED otherwise; tags ``target``, ``kind``, ``convention``,
+  ``tier``, ``device``, ``verdict``, ``host``, ``git.commit``,
+  ``version.{bnverify,torch,numpy,python,mlflow}``, ``bnverify.invocation_id``,
+  ``bnverify.command`` and every tag the caller put in ``summary.tags``, secrets redacted;
+  params from ``summary.params`` (plus ``seed``); a description listing the failed checks
+  first; metrics ``summary.*`` and, per check, only ``<suite>/<check>.pass`` and (for a
+  tolerance comparison) ``<suite>/<check>.worst_ratio``;
+* one child run per suite, ``FAIL 1/8 · <suite> · <target>``, holding ``suite.*`` and
+  every ``<check>.<metric>``: ``pass`` (1 passed, 0 failed; absent when skipped),
+  ``skipped``, ``worst_ratio`` (largest error over its tolerance), ``max_abs_err``,
   ``duration_s``, each entry of ``CheckResult.metrics``, and each entry of
   ``CheckResult.series`` logged with ``step`` = index (accuracy per epoch);
-* artifacts on the parent: ``summary.json`` plus whatever the caller passes.
+* artifacts on the parent: ``summary.json``, whatever the caller passes, and one overlaid
+  plot per check with series (:mod:`~bnverify.tracking.plots`).
 
 The modules, by what they own:
 
@@ -37,7 +38,8 @@ The modules, by what they own:
 * :mod:`~bnverify.tracking.spool`: staging, the spool and ``sync``;
 * :mod:`~bnverify.tracking.warmup`: the store warm-up worker (``prepare``);
 * :mod:`~bnverify.tracking.invocation`: ``log_invocation``;
-* :mod:`~bnverify.tracking.query`: reading runs back for ``compare`` and ``history``.
+* :mod:`~bnverify.tracking.query`: reading runs back for ``compare`` and ``history``;
+* :mod:`~bnverify.tracking.plots`: each check's series overlaid in one plot.
 
 mlflow is imported inside functions only.
 """
