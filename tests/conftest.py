@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -26,6 +27,11 @@ from bnverify.results import RunSummary
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Everything imported so far (torch, numpy, pytest, bnverify: some 240,000 objects) lives as long as the
+# test process: moved out of the collector's reach, each full collection then scans only what the tests
+# made (0.2 s less per full collection in a process holding torch).
+gc.freeze()
 
 
 class _InlineRun:

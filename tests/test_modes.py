@@ -25,8 +25,8 @@ def test_bug_is_caught(bug, check_runs):
         assert msg.strip(), f"{bug.id}: {name} failed without a message"
 
 
-# The correct conventions pass on seeds 0-3 in the false-failure sweep (tests/test_false_failures.py,
-# CONVENTION_TARGETS), and on seeds 4-19 in the slow set.
+# Correct modules of each convention pass under it: the false-failure sweep (tests/test_false_failures.py)
+# runs every entry of CORRECT_CONVENTIONS through the quick tier, seed 0 by default, seeds 1-4 marked slow.
 
 
 def test_keras_under_torch_names_the_convention():
