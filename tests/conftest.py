@@ -58,6 +58,22 @@ def _inline_run_pytest(args: Any, plugins: Any = ()) -> tuple[int, RunSummary | 
 bnverify.runner.run_pytest = _inline_run_pytest
 
 
+FIRST = ("tests/test_xdist_tracking.py", "tests/test_tracking.py", "tests/test_tracking_cli.py",
+         "tests/test_broken_targets.py", "tests/test_false_failures.py")
+"""Modules whose tests start first: the tracking tests that wait on real servers and subprocesses, then the
+longest in-process runs.  Under pytest-xdist a worker waiting on a server leaves its core to the other
+worker, and the many short tests that follow fill the end of the run evenly instead of one worker
+finishing a 25-second test alone."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return FIRST.index(path) if path in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the order within each module, and of the other modules, is kept
+
+
 class CheckRuns:
     """``bnverify.runner.check`` run once per (target, options) in a test session, its result read by every
     test that asks for it.
