@@ -20,7 +20,7 @@ def test_xdist_workers_results_reach_one_mlflow_run(tmp_path):
     env = {**os.environ, "BNVERIFY_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": ""}
     env.pop("MLFLOW_TRACKING_URI")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--pyargs", "bnverify.suites", "--bn-target", "torch", "-n", "4",
+        [sys.executable, "-m", "pytest", "--pyargs", "bnverify.suites", "--bn-target", "torch", "-n", "2",
          "--bn-suite", "forward", "--bn-suite", "backward", "--bn-max-examples", "3", "--bn-seed", "5",
          "--bn-tracking-uri", uri, "--bn-report", str(report), "-p", "no:cacheprovider", "-q",
          "-o", "addopts=", "-o", "filterwarnings="],
