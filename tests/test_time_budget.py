@@ -52,16 +52,19 @@ def test_budget_must_not_be_negative():
 
 
 def test_slow_correct_target_passes_within_budget_and_reports_examples():
-    """The pure-Python batch norm, 8 training-output checks, a 10 s budget: a PASS, with the counts."""
+    """The pure-Python batch norm, 8 training-output checks, a 2 s budget: a PASS, with the counts.
+
+    The tier's 50 examples of these 8 checks need about 20 s on an idle 2-core machine (a call on 512
+    values takes ~6 ms), so 2 s is short of it on any machine this runs on: every check is cut."""
     code, summary = check(SLOW, suites=["forward"], max_examples=None,
-                          extra=["--bn-time-budget", "10", "-k", "test_forward_train"])
+                          extra=["--bn-time-budget", "2", "-k", "test_forward_train"])
     assert summary is not None
     assert code == 0 and summary.verdict == "passed", [(r.check, r.message) for r in summary.results if r.failed]
     assert len(summary.results) == 8
     ran = [r.details["examples"] for r in summary.results]
     assert all(budget.MIN_EXAMPLES <= n < 50 for n in ran), ran
     assert all(r.details["reproduce_flags"] == f"--max-examples {r.details['examples']}" for r in summary.results)
-    assert summary.params["time_budget_s"] == 10.0 and summary.params["call_time_ms"] > 0
+    assert summary.params["time_budget_s"] == 2.0 and summary.params["call_time_ms"] > 0
     note = summary.params["time_budget_note"]
     assert "slow target (median call" in note and "instead of the tier's 50" in note, note
     # 8 checks at the floor of 5 examples take ~4 s on an idle core; a loaded machine may stretch it

@@ -39,7 +39,7 @@ def test_hypothesis_multiple_failures_each_get_their_own_report(monkeypatch):
         parts = {"value": crash, "crash": value}
     assert "x tolerance" in parts["value"] and "expected" in parts["value"] and "got" in parts["value"]
     assert NO_KNOWN_CAUSE.split(":")[0] in parts["value"]  # nothing in the hypotheses explains the skipped affine
-    assert "raised RuntimeError: my 2-D kernel needs at least 2 spatial positions" in parts["crash"]
+    assert "raised RuntimeError: my paired reduction needs an even number of values per channel" in parts["crash"]
     assert r.worst_ratio is not None and r.worst_ratio > 1
     table = format_table(summary)
     assert "failure 1 of 2" in table and "failure 2 of 2" in table

@@ -69,14 +69,17 @@ class TwoWayBatchNorm(BatchNormOps):
     """Bug: wrong in two unrelated ways, so one check meets two distinct failures.
 
     The affine step is vectorised by two channels and forgets the rest: from the third channel on, gamma
-    and beta are not applied (a value error wherever they are not 1 and 0).  Input of rank 4 with a
-    single spatial position (``H = W = 1``) is rejected with a ``RuntimeError``, a crash of its own.
-    Correct: the affine step on every channel, and any spatial extent.
+    and beta are not applied (a value error wherever they are not 1 and 0).  The reduction is
+    vectorised by pairs too, and an odd number of values per channel (``N * H * W``) is rejected with a
+    ``RuntimeError``, a crash of its own.  Both are met within a few examples, so hypothesis finds both
+    well inside its time to look for a second bug.  Correct: the affine step on every channel, and any
+    number of values per channel.
     """
 
     def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if x.dim() == 4 and x.shape[2] * x.shape[3] == 1:
-            raise RuntimeError(f"my 2-D kernel needs at least 2 spatial positions, got shape {tuple(x.shape)}")
+        per_channel_values = x.numel() // x.shape[1]
+        if per_channel_values % 2:
+            raise RuntimeError(f"my paired reduction needs an even number of values per channel, got shape {tuple(x.shape)}")
         xf = x.to(compute_dtype(x.dtype))
         mean, var, _invstd, xhat = batch_statistics(xf, self.eps)
         y = xhat.clone()
