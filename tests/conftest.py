@@ -58,12 +58,14 @@ def _inline_run_pytest(args: Any, plugins: Any = ()) -> tuple[int, RunSummary | 
 bnverify.runner.run_pytest = _inline_run_pytest
 
 
-FIRST = ("tests/test_xdist_tracking.py", "tests/test_tracking.py", "tests/test_tracking_cli.py",
-         "tests/test_broken_targets.py", "tests/test_false_failures.py")
-"""Modules whose tests start first: the tracking tests that wait on real servers and subprocesses, then the
-longest in-process runs.  Under pytest-xdist a worker waiting on a server leaves its core to the other
-worker, and the many short tests that follow fill the end of the run evenly instead of one worker
-finishing a 25-second test alone."""
+FIRST = ("tests/test_convergence_suite.py", "tests/test_optim_convergence.py", "tests/test_reproducibility.py",
+         "tests/test_isolation.py", "tests/test_xdist_tracking.py", "tests/test_tracking.py",
+         "tests/test_tracking_cli.py", "tests/test_broken_targets.py", "tests/test_init.py",
+         "tests/test_false_failures.py")
+"""Modules whose tests start first, in this order: the training studies (slow set: two take about two
+minutes each), the tests that wait on subprocesses and real servers, then the longest in-process runs.
+Under pytest-xdist a worker waiting on a server leaves its core to the other worker, and the many short
+tests that follow fill the end of the run evenly instead of one worker finishing a long test alone."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
