@@ -139,7 +139,8 @@ class CheckRuns:
 BUG_EXAMPLES = 10
 """Examples per check in a gallery bug's run.  A fixed count (not the quick tier's, which the time budget
 may cut on a slow or loaded machine) keeps each run the same on every machine; every bug is caught within
-it at seed 0, and ``tests/test_soak.py``'s sweeps run the tier's counts on more seeds."""
+it at seed 0.  Correct targets get the tier's counts, over more seeds, in the false-failure sweep and the
+soak."""
 
 
 @pytest.fixture(scope="session")
