@@ -109,7 +109,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("no-shrink", "report the first failing example instead of shrinking it to a minimal one (faster)",
            flag=True),
     Option("shrink-budget", "seconds hypothesis may spend shrinking one failing check to a minimal example; all "
-           "failing checks of a run share 4 times that (default 5, so 20 s a run); 0 reports examples as found",
+           "failing checks of a run share 2 times that (default 5, so 10 s a run); 0 reports examples as found",
            type=float, default=5.0, metavar="S"),
     Option("threads", "torch intra-op threads for the correctness checks (small tensors run fastest on 1)",
            type=int, default=1),
