@@ -140,7 +140,11 @@ def _configure_hypothesis(config: pytest.Config) -> None:
     tier = config.getoption("bn_tier")
     suppress = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
                 HealthCheck.filter_too_much]
-    common: dict[str, Any] = dict(deadline=None, database=None, print_blob=True, suppress_health_check=suppress)
+    # Every profile descends from hypothesis's own "default", never from whatever profile is loaded now:
+    # an earlier in-process run (``bnverify.runner``) may have left one loaded without the shrink phase,
+    # and a later run would inherit it (and stop at its first failure instead of reporting each).
+    common: dict[str, Any] = dict(parent=settings.get_profile("default"), deadline=None, database=None,
+                                  print_blob=True, suppress_health_check=suppress)
     settings.register_profile("bnverify-dev", max_examples=10, **common)
     settings.register_profile("bnverify-ci", max_examples=50, **common)
     settings.register_profile("bnverify-full", max_examples=150, **common)
@@ -231,7 +235,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     _apply_preflight(config, items)
     _apply_xfails(config, items)
     _apply_example_budgets(items)
-    _plan_time_budget(config, items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plan the time budget over the checks that will run: after ``-k``/``-m`` deselection, which
+    pytest applies after this plugin's ``pytest_collection_modifyitems``."""
+    _plan_time_budget(session.config, session.items)
 
 
 def _apply_preflight(config: pytest.Config, items: list[pytest.Item]) -> None:
