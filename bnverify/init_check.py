@@ -10,8 +10,13 @@ samples against the law the target claims (``bnverify.reference.initializers``):
 * the second moment about the law's mean: ``z = (m2 - sd^2) / sqrt((mu4 - sd^4) / n)``;
 
 each with the thresholds of ``bnverify.tolerances`` (initializer section), whose derivation bounds
-the family-wise false-failure rate of a whole run.  A check's ``observe`` ratio is the largest of
-``D / D_crit`` and ``|z| / INIT_Z`` (below 1 passes).  When samples fail their law, every law of
+the family-wise false-failure rate of a whole run.  These are statistical tests, not errors over a
+tolerance, so the suite reports no err/tol for them: ``record`` receives the statistics under their
+own names (``Assessment.metrics``: ``ks_D`` against ``ks_critical``, ``z_mean`` and
+``z_second_moment`` against ``z_bound``, ``outside_support``; for the tails ``p_value`` against
+``alpha``).  ``observe`` receives how near a case came to its thresholds (the largest of
+``D / D_crit`` and ``|z| / INIT_Z``, or ``log p / log alpha``; above 1 fails), which orders the cases
+and summarises a sweep.  When samples fail their law, every law of
 ``bnverify.families.init.hypotheses`` that can be told apart from it is tested the same way, and
 the ones the samples do follow are named as the likely cause.
 """
@@ -150,14 +155,21 @@ class Assessment(NamedTuple):
     outside: int
 
     @property
-    def ratio(self) -> float:
+    def nearness(self) -> float:
+        """The largest statistic over its critical value (inf with samples outside the support): above 1 fails."""
         if self.outside:
             return math.inf
         return max(self.ks / self.ks_crit, abs(self.z_mean) / tols.INIT_Z, abs(self.z_var) / tols.INIT_Z)
 
     @property
     def ok(self) -> bool:
-        return self.ratio <= 1.0
+        return self.nearness <= 1.0
+
+    def metrics(self) -> dict[str, float]:
+        """The tests' statistics and critical values, each under its own name."""
+        return {"samples": float(self.n), "ks_D": self.ks, "ks_critical": self.ks_crit, "z_mean": self.z_mean,
+                "z_second_moment": self.z_var, "z_bound": tols.INIT_Z, "alpha": tols.INIT_ALPHA,
+                "outside_support": float(self.outside)}
 
 
 def assess(x: np.ndarray, law: Any) -> Assessment:
@@ -241,19 +253,27 @@ def describe_call(reference: str, kwargs: dict[str, Any]) -> str:
     return f"{reference}(tensor{', ' + shown if shown else ''})" + ("" if kwargs else " (torch's defaults)")
 
 
+Record = Callable[[float, dict[str, float], str], None]
+"""``record(nearness, metrics, context)``: a case's statistics (see the module docstring)."""
+
+
 def check_law(target: InitTarget, shape: tuple[int, ...], kwargs: dict[str, Any], *, seed: int, n: int,
-              context: str, observe: Callable[[float], None], dtype: torch.dtype = torch.float32,
-              device: str = "cpu") -> int:
+              context: str, observe: Callable[[float], None] | None = None, record: Record | None = None,
+              dtype: torch.dtype = torch.float32, device: str = "cpu") -> int:
     """The samples of ``target(tensor, **kwargs)`` on fresh tensors of ``shape`` follow the claimed law.
 
     Returns the number of statistical tests made (3); raises ``CheckFailure`` with the explanation.
+    ``observe`` gets the case's nearness to its thresholds, ``record`` its statistics (before any raise).
     """
     reference = target.reference or ""
     conv = fam.conv_of(target)
     law = target.law(shape, **kwargs)
     x, calls = draw(target, shape, n, seed, kwargs, dtype=dtype, device=device)
     a = assess(x, law)
-    observe(a.ratio)
+    if observe is not None:
+        observe(a.nearness)
+    if record is not None:
+        record(a.nearness, a.metrics(), context)
     if a.ok:
         return 3
     raise CheckFailure(
@@ -307,7 +327,8 @@ def binom_p(k: int, n: int, p: float) -> float:
 
 
 def check_support(target: InitTarget, shape: tuple[int, ...], kwargs: dict[str, Any], *, seed: int, n: int,
-                  context: str, observe: Callable[[float], None], device: str = "cpu") -> int:
+                  context: str, observe: Callable[[float], None] | None = None, record: Record | None = None,
+                  device: str = "cpu") -> int:
     """No sample outside the law's support; the outer ``INIT_TAIL_MASS`` on each side holds as many as it should.
 
     For a uniform law the outer tails are the edges ``[0.98 b, b]``: a bound without its sqrt(3) leaves
@@ -320,9 +341,15 @@ def check_support(target: InitTarget, shape: tuple[int, ...], kwargs: dict[str, 
     lo, hi = law.support
     q = tols.INIT_TAIL_MASS
     outside, kl, kh, ql, qh, pl, ph = tails(x, law)
-    ratio = max(math.log(max(p, 1e-300)) / math.log(tols.INIT_ALPHA) for p in (pl, ph))
-    observe(math.inf if outside else ratio)
-    if not outside and ratio <= 1:
+    nearness = max(math.log(max(p, 1e-300)) / math.log(tols.INIT_ALPHA) for p in (pl, ph))
+    if observe is not None:
+        observe(math.inf if outside else nearness)
+    if record is not None:  # p-values against alpha and a count: no err/tol
+        record(math.inf if outside else nearness,
+               {"samples": float(x.size), "outside_support": float(outside), "samples_below": float(kl),
+                "samples_above": float(kh), "expected_per_tail": q * x.size, "p_value": min(pl, ph),
+                "alpha": tols.INIT_ALPHA}, context)
+    if not outside and nearness <= 1:
         return 2
     what = []
     if outside:

@@ -8,6 +8,11 @@ every parameter and every state entry it can name with the reference, within the
 ``bnverify.tolerances`` (optimizer section).  Alternative hypotheses (other conventions, single
 aspects flipped, known bug forms) run beside it on the same inputs; when the target leaves the
 reference, those it still matches become the failure's likely cause.
+
+A comparison within the running bound is an error over its tolerance (``observe``, the err/tol of
+the summary).  Two verdicts are exact instead, and fail with no err/tol (``recorder.not_a_ratio``):
+a parameter without gradient that moved (``changed_without_grad``, elements) and a step counter that
+is off (``state_step`` against ``expected_step``).
 """
 
 from __future__ import annotations
@@ -164,6 +169,9 @@ class Lockstep:
     flags: dict[str, Any] = field(default_factory=dict)
     observe: Callable[[float, float], None] | None = None
     raise_on_mismatch: bool = True
+    recorder: Any = None
+    """A check's recorder (``bn_check``): its ``observe`` takes the ratios (unless ``observe`` is given),
+    its ``metric`` and ``not_a_ratio`` the exact verdicts."""
 
     def __post_init__(self) -> None:
         self.instance = self.target.build(self.params, self.groups, self.defaults, self.flags)
@@ -177,6 +185,8 @@ class Lockstep:
         self.hyp = {h.label: [_Track(ref.REFERENCES[h.reference or self.reference][0](_copy64(p)))
                               for p in self.params] for h in self.hypotheses}
         self.compared_state: set[str] = set()
+        if self.observe is None and self.recorder is not None:
+            self.observe = self.recorder.observe
 
     # ----------------------------------------------------------------- helpers
     def hp(self, gi: int) -> dict[str, Any]:
@@ -279,16 +289,20 @@ class Lockstep:
         dp = np.where(np.isfinite(dp), dp, np.inf)
         return tols.optim_param_bound(dp, p, expected, dtype), new_acc
 
+    def _exact(self, **metrics: float) -> None:
+        """An exact verdict failed: its numbers under their own names, and no err/tol."""
+        if self.recorder is not None:
+            self.recorder.not_a_ratio()
+            for name, value in metrics.items():
+                self.recorder.metric(name, value)
+
     def _compare_unchanged(self, i: int, before: np.ndarray, got: np.ndarray, what: str) -> None:
-        if np.array_equal(before, got, equal_nan=True):
-            if self.observe:
-                self.observe(0.0, 0.0)
+        """Exact: a parameter without gradient is left as it was (no tolerance, so no err/tol)."""
+        if np.array_equal(before, got, equal_nan=True) or not self.raise_on_mismatch:
             return
-        if self.observe:
-            self.observe(math.inf, float(np.max(np.abs(got - before))) if got.size else 0.0)
-        if not self.raise_on_mismatch:
-            return
-        j = int(np.argmax(np.abs(got - before)))
+        moved = ~((before == got) | (np.isnan(before) & np.isnan(got)))
+        self._exact(changed_without_grad=int(moved.sum()))
+        j = int(np.argmax(np.where(moved, np.nan_to_num(np.abs(got - before), nan=np.inf), -1.0)))
         raise CheckFailure(
             f"{self.context}: step {self.t}{what}: parameter {self.names[i]} had no gradient (grad is None) "
             f"but changed: element {j} was {before.flat[j]:.9g}, now {got.flat[j]:.9g}; a step must leave a "
@@ -311,6 +325,7 @@ class Lockstep:
                 n = float(got.item() if isinstance(got, torch.Tensor) else got)
                 self.compared_state.add(f"{f}")
                 if n != val:
+                    self._exact(state_step=n, expected_step=float(val))
                     raise CheckFailure(f"{self.context}: step {self.t}{what}: state['{key}'] of parameter "
                                        f"{self.names[i]} is {n:g}; expected {val} (one per step taken with a "
                                        "gradient)\n  likely cause: the step counter is not advanced per step, or "

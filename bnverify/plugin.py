@@ -416,6 +416,12 @@ class CheckRecorder:
             if max_abs_err is not None:
                 self.data["max_abs_err"] = float(max_abs_err)
 
+    def not_a_ratio(self) -> None:
+        """The check fails on a verdict that is not an error/tolerance ratio (an exact count, a statistical
+        test): no err/tol for it, whatever ratios the check observed before; its numbers go to ``metric``."""
+        self.data.pop("worst_ratio", None)
+        self.data.pop("max_abs_err", None)
+
     def metric(self, name: str, value: float) -> None:
         self.data.setdefault("metrics", {})[name] = float(value)
 

@@ -7,6 +7,10 @@ Each check runs the target in lockstep with the reference (``bnverify.optim_chec
 before each step, same gradients, the reference's own state; tolerances are the running error bounds
 of ``bnverify.tolerances`` (optimizer section).  A failure names the step, the parameter, the state
 entry, and the convention or the bug form the target matches instead.
+
+The err/tol of every check is the worst error over its running bound.  Two verdicts are exact and
+fail without one: a parameter without gradient that moved (``test_missing_gradients``; metric
+``changed_without_grad``) and a step counter that is off (metrics ``state_step``, ``expected_step``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _lockstep(target, bn_check, problem, hp, *, dtype=torch.float64, seed=0, lab
            f"{', ' + ', '.join(f'{k}={v}' for k, v in flags.items()) if flags else ''})")
     return Lockstep(fam, target, ref, target.convention, params, groups, hp, names, ctx,
                     fam.hypotheses(ref, target.convention, hp), flags=flags or {},
-                    observe=bn_check.observe)
+                    recorder=bn_check)
 
 
 def _run(ls, problem, steps=STEPS, lr_at=None):
