@@ -71,9 +71,24 @@ def aspect_hint(conv: Convention, *, momentum_kind: str | None = None, unbiased:
     return f"if that is intended, pass {' '.join(flags)}"
 
 
+def _eps_flag_value(measured: float) -> str:
+    """The shortest ``--eps`` value (up to 4 significant digits) within half ``DEFAULT_EPS_RTOL`` of
+    ``measured``: a flag the default-eps check then accepts with room for the measurement's own error."""
+    from bnverify.tolerances import DEFAULT_EPS_RTOL
+
+    for digits in range(1, 4):
+        value = float(f"{measured:.{digits}g}")
+        if abs(value - measured) <= 0.5 * DEFAULT_EPS_RTOL * abs(value):
+            return format_number(value)
+    return format_number(measured)
+
+
 def eps_hint(measured: float, conv: Convention) -> str:
-    """``"if that is intended, pass --eps 1e-6"`` for a target whose default eps is ``measured``."""
-    value = format_number(float(f"{measured:.3g}"))
+    """``"if that is intended, pass --eps 1e-6"`` for a target whose default eps is ``measured``.
+
+    The value named is within the check's tolerance of ``measured`` (``_eps_flag_value``), so the flag it
+    names is one that accepts the target."""
+    value = _eps_flag_value(measured)
     names = [c.name for c in CONVENTIONS.values() if abs(c.default_eps - float(value)) <= 1e-3 * c.default_eps
              and c.name != conv.base_name]
     extra = f" (the default of {', '.join(names)})" if names else ""
@@ -82,12 +97,15 @@ def eps_hint(measured: float, conv: Convention) -> str:
 
 def momentum_hint(weight_new: float, conv: Convention) -> str:
     """``"if that is intended, pass --momentum 0.01"``: the default momentum, in ``conv``'s meaning, that
-    gives the new batch the measured weight ``weight_new``."""
-    m = conv.from_update_fraction(weight_new)
-    if not 0.0 <= round(m, 4) <= 1.0:
+    gives the new batch the measured weight ``weight_new``; ``""`` where no value in [0, 1] rounded to 4
+    decimals gives it within ``DEFAULT_MOMENTUM_ATOL`` (no flag would accept the target)."""
+    from bnverify.tolerances import DEFAULT_MOMENTUM_ATOL
+
+    m = round(conv.from_update_fraction(weight_new), 4)
+    if not 0.0 <= m <= 1.0 or abs(conv.to_update_fraction(m) - weight_new) > DEFAULT_MOMENTUM_ATOL:
         return ""
     meaning = "weight of the new batch" if conv.momentum_kind == "update_fraction" else "decay of the old value"
-    return f"if that is intended, pass --momentum {format_number(round(m, 4))} (momentum as the {meaning})"
+    return f"if that is intended, pass --momentum {format_number(m)} (momentum as the {meaning})"
 
 
 def default_eps_output(actual: Any, x: Any, gamma: Any, beta: Any, conv: Convention, tol: Any) -> list[str]:

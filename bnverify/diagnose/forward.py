@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import torch
 
 from bnverify import tolerances as tols
-from bnverify.diagnose.common import Hypothesis, batch, matching
-from bnverify.reference.batchnorm import affine, per_channel, reduction_axes
+from bnverify.compare import to_f64
+from bnverify.diagnose.common import Hypothesis, batch, matching, observed
+from bnverify.reference.batchnorm import affine, forward_train, per_channel, reduction_axes
 from bnverify.tolerances import Tolerance
 
 
@@ -53,6 +55,12 @@ def train_output(
         return g * (x - mu1) / np.sqrt(v1 + eps) + b
     hyps.append(("the output matches statistics per sample (layer norm); batch norm reduces over the batch", layer_norm))
     hyps += channel_mixing(x, gamma, beta, eps)
+    floor = _std_floor(actual, x, g, b, mu, var, eps)
+    if floor is not None:
+        hyps.append((f"the output matches the std clamped from below at {floor:g}, max(sqrt(var + eps), {floor:g}) (a floor "
+                     "or clamp on the std): channels whose spread is below it are shrunk towards beta; eps is the only "
+                     "constant batch norm's denominator may have",
+                     lambda: g * (x - mu) / np.maximum(np.sqrt(var + eps), floor) + b))
     if running is not None:
         rm, rv = running
         hyps.append(("the output matches the running statistics: training mode must normalise with the batch's own statistics",
@@ -69,6 +77,36 @@ def train_output(
     if not causes:
         causes += _precision(actual, x, g, b, eps, tol, dtype, wide)
     return causes
+
+
+def _std_floor(actual: np.ndarray, x: np.ndarray, g: np.ndarray, b: np.ndarray, mu: np.ndarray, var: np.ndarray,
+               eps: float) -> float | None:
+    """The floor ``c`` of a denominator ``max(sqrt(var + eps), c)`` that the output implies, rounded to 2
+    significant digits (floors are written as round numbers), or None.
+
+    Each channel's denominator is read from its elements farthest from the mean, ``gamma (x - mean) /
+    (y - beta)``; the channels whose denominator exceeds ``sqrt(var + eps)`` give ``c`` (their median).
+    The value only proposes the hypothesis: ``train_output`` names it only if the output computed with
+    it reproduces every value."""
+    c = x.shape[1]
+    with np.errstate(all="ignore"):
+        implied = np.broadcast_to(g * (x - mu) / (actual - b), x.shape)
+    dist = np.abs(x - mu)
+    per_c = np.moveaxis(implied, 1, 0).reshape(c, -1)
+    d_c = np.moveaxis(dist, 1, 0).reshape(c, -1)
+    denoms = np.full(c, np.nan)
+    for k in range(c):
+        use = (d_c[k] >= 0.5 * d_c[k].max()) & (d_c[k] > 0) & np.isfinite(per_c[k]) & (per_c[k] > 0)
+        if np.any(use):
+            denoms[k] = float(np.median(per_c[k][use]))
+    s = np.sqrt(var + eps).reshape(-1)
+    clamped = np.isfinite(denoms) & (denoms > s * (1 + 1e-3))
+    if not np.any(clamped):
+        return None
+    floor = float(np.median(denoms[clamped]))
+    if not (math.isfinite(floor) and floor > 0):
+        return None
+    return float(f"{floor:.2g}")
 
 
 FIXED_EPS = (1e-5, 1e-3, 1e-6, 1e-8, 1e-2, 1e-4, 1e-12, 1e-7)
@@ -234,6 +272,32 @@ def channel_mixing(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | N
 
 
 def layout(layout: str) -> str:
-    """A layout failure whose contiguous twin passes."""
-    return ("the same values in a contiguous tensor pass, so the implementation ignores strides (reads storage as "
-            f"if contiguous) for {layout} input")
+    """A layout failure whose contiguous twin passes: what was observed (``layout_output`` tests the
+    storage read as if contiguous)."""
+    return observed(f"the same values in a contiguous tensor pass, so the result depends on the memory layout of "
+                    f"{layout} input")
+
+
+def layout_output(actual: np.ndarray, xt: torch.Tensor, gamma: np.ndarray | None, beta: np.ndarray | None,
+                  eps: float, tol: Tolerance, layout: str) -> list[str]:
+    """A wrong output for the non-contiguous tensor ``xt`` (whose contiguous twin passes): does it equal
+    the batch norm of ``xt``'s storage read with contiguous offsets from its storage offset, as a
+    kernel that takes the data pointer and ignores the strides reads it?"""
+    shape = tuple(xt.shape)
+    strides: list[int] = []
+    step = 1
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= max(int(n), 1)
+    src = xt.detach().cpu()
+    if src.untyped_storage().nbytes() < (src.storage_offset() + step) * src.element_size():
+        return []
+    misread = to_f64(src.as_strided(shape, tuple(strides), src.storage_offset()))
+
+    def read_as_contiguous() -> np.ndarray:
+        return forward_train(misread, gamma, beta, eps)[0]
+
+    return matching(actual, tol, [(f"the output matches the {layout} input's storage read with contiguous (N, C, ...) "
+                                   "offsets: the implementation ignores the strides (a data pointer indexed as if "
+                                   "contiguous); call .contiguous() first or index with x.stride()",
+                                   read_as_contiguous)])

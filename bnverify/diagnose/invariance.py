@@ -5,29 +5,31 @@ from __future__ import annotations
 import numpy as np
 
 from bnverify import tolerances as tols
-from bnverify.diagnose.common import matching
+from bnverify.diagnose.common import matching, observed
 from bnverify.reference.batchnorm import affine, reduction_axes
 from bnverify.tolerances import Tolerance
 
 
 def scale_break(scale: float, swept: list[tuple[float, bool]], *, gradient: bool = False) -> list[str]:
-    """Where a scale invariance breaks says what kind of magnitude dependence the target has.
+    """Where a scale invariance breaks: what the sweep observed, never a mechanism it did not simulate.
 
     ``swept`` is every (scale, held) pair checked.  Each sentence needs its own evidence in the sweep:
-    sign dependence only where some ``a`` held and ``-a`` did not (or the reverse); a floor, clamp or
-    threshold only where small scales alone broke and moderate ones held; an overflow guard or
-    fixed-width accumulator only where large scales alone broke; a constant relative to the input's
-    magnitude only where both ends broke and the middle held.  A sweep in which nothing held says
-    nothing about where it breaks, so it names nothing.
+    sign dependence only where some ``a`` held and ``-a`` did not (or the reverse); a dependence on small
+    magnitudes only where small scales alone broke and moderate ones held; on large magnitudes only
+    where large scales alone broke; on both only where both ends broke and the middle held.  A sweep in
+    which nothing held says nothing about where it breaks, so it names nothing.  Each sentence says what
+    the sweep shows (the output depends on the sign, or on the absolute magnitude) and is marked as
+    observed; the mechanisms it lists behave that way but were not simulated (the forward hypotheses,
+    which are, are tried first by the suite).
     """
     where = "backward" if gradient else "forward"
     held = {abs(a): ok for a, ok in swept}
     out = []
     flips = sorted({abs(a) for a, ok in swept if any(b == -a and ok2 != ok for b, ok2 in swept)})
     if flips:
-        out.append(f"at |a| = {', '.join(f'{a:.3g}' for a in flips[:4])} one sign of the scale holds and the other "
-                   f"breaks: something in the {where} pass depends on the sign (a max without abs, floor-rounding, "
-                   "a clamp at 0, abs() in a statistic)")
+        out.append(observed(f"at |a| = {', '.join(f'{a:.3g}' for a in flips[:4])} one sign of the scale holds and the "
+                            f"other breaks, so the {where} pass depends on the sign of its input (a max without abs, "
+                            "floor-rounding, a clamp at 0 or abs() in a statistic would; none was simulated)"))
         return out
     if not any(held.values()):
         return out
@@ -35,18 +37,20 @@ def scale_break(scale: float, swept: list[tuple[float, bool]], *, gradient: bool
     small = [a for a in bad if abs(a) < 1]
     large = [a for a in bad if abs(a) > 1]
     if small and not large:
-        out.append(f"it holds at moderate scales and breaks only below |a| = {max(abs(a) for a in small):.3g}: an "
-                   f"absolute constant in the {where} pass, e.g. a floor or clamp on the variance or std "
-                   "(max(std, 1e-3)), a threshold that treats small-variance channels as constant, or fixed-point "
-                   "accumulation with an absolute resolution; eps is the only absolute constant batch norm may have")
+        out.append(observed(f"it holds at moderate scales and breaks only below |a| = {max(abs(a) for a in small):.3g}, "
+                            f"so the {where} pass depends on the absolute magnitude of small inputs (an absolute "
+                            "constant would: a floor or clamp on the variance or std, a threshold for near-constant "
+                            "channels, fixed-point accumulation; none was simulated); eps is the only absolute "
+                            "constant batch norm may have"))
     elif large and not small:
-        out.append(f"it holds at moderate scales and breaks only above |a| = {min(abs(a) for a in large):.3g}: an "
-                   f"overflow guard or pre-scaling in the {where} pass that does not scale eps with the data, or an "
-                   "accumulator that overflows (fixed-point int64, 16-bit sums)")
+        out.append(observed(f"it holds at moderate scales and breaks only above |a| = {min(abs(a) for a in large):.3g}, "
+                            f"so the {where} pass depends on the absolute magnitude of large inputs (an overflow "
+                            "guard or pre-scaling that does not scale eps with the data, or an accumulator that "
+                            "overflows, would; none was simulated)"))
     elif small and large:
-        out.append(f"it holds at moderate scales and breaks at both ends of the sweep: the {where} pass uses a "
-                   "constant relative to the input's magnitude (eps or a clamp scaled by |x|), or quantises with a "
-                   "fixed step")
+        out.append(observed(f"it holds at moderate scales and breaks at both ends of the sweep, so the {where} pass "
+                            "depends on the absolute magnitude of its input (a constant relative to |x| or a fixed "
+                            "quantisation step would; none was simulated)"))
     return out
 
 
@@ -70,10 +74,10 @@ def order_dependence(y: np.ndarray, yp: np.ndarray, x: np.ndarray, xp: np.ndarra
     return []  # no prefix reproduces it: the report says that no known pattern does
 
 
-SHIFT = ("the output depends on the absolute level of the input: the mean subtracted in training is not the "
-         "batch's own (a running/EMA mean, a stale or partial mean), or the variance is taken around a point "
-         "other than the batch mean")
-"""``t(x + b) != t(x)`` for a per-channel shift ``b``."""
+SHIFT = observed("the output depends on the absolute level of the input: a per-channel shift changes it")
+"""``t(x + b) != t(x)`` for a per-channel shift ``b``: the sweep's own observation.  The mechanisms (a
+running or stale mean subtracted, a variance around another point) are not simulated here; the forward
+hypotheses (``diagnose.forward.train_output``) test them on the shifted output."""
 
 
 def bias_gradient(db: np.ndarray, gamma: np.ndarray, ivar: np.ndarray, dbeta: np.ndarray,
