@@ -122,12 +122,9 @@ class Band:
     hi: float
 
     @property
-    def ratio(self) -> float:
-        """|log target - log reference| over the band's half-width (below 1 passes)."""
-        half = (math.log(self.hi) - math.log(self.lo)) / 2
-        if not (self.target > 0 and math.isfinite(self.target)):
-            return math.inf
-        return abs(math.log(self.target) - math.log(self.centre)) / half
+    def inside(self) -> bool:
+        """The target's std lies in the band (a NaN, 0 or infinite std never does)."""
+        return math.isfinite(self.target) and self.lo <= self.target <= self.hi
 
 
 def bands(st: Study) -> list[Band]:

@@ -885,13 +885,22 @@ def _ratio_text(ratio: float | None) -> str:
 _GROUP_MEMBER = re.compile(r"failure \d+ of \d+: ")
 
 
+def _cut(text: str, n: int) -> str:
+    """``text`` in at most ``n`` characters, cut after a word with an ellipsis (never inside a number:
+    ``|z| = 843.0`` cut to ``|z| = 84`` misstates it)."""
+    if len(text) <= n:
+        return text
+    head = text[: n - 1]
+    return (head if text[n - 1] == " " or " " not in head else head.rsplit(" ", 1)[0]) + "…"
+
+
 def format_table(summary: RunSummary) -> str:
     """The summary table printed at the end of a run, and saved as ``report.txt``."""
     from bnverify.tables import table
 
     rows = []
     for r in summary.results:
-        note = r.message.strip().splitlines()[0][:110] if r.message.strip() and r.outcome != "passed" else ""
+        note = _cut(r.message.strip().splitlines()[0], 110) if r.message.strip() and r.outcome != "passed" else ""
         rows.append((r.suite, r.check, r.outcome.upper() if r.failed else r.outcome, _ratio_text(r.worst_ratio),
                      f"{r.duration_s:.2f}s", note))
     lines = [table(rows, ("suite", "check", "result", "err/tol", "time", "note"))] if rows else []

@@ -30,7 +30,9 @@ Report: the per-epoch table (console and failure message), MLflow metrics
 batch-norm speed-up, bug impact, seconds), per-epoch series (accuracy of
 target, reference and no-BN; band; training losses; step 0 is epoch 1), and
 artifacts ``plots/convergence.png`` and ``convergence/verdict.json`` (every
-curve of every seed).
+curve of every seed).  The verdict is a band, not an error over a tolerance: the check has
+no err/tol; its numbers are the metrics above (``final_band_low``/``final_band_high`` beside
+``final_target``, ``epochs_below_band``, ``bug_impact_points``).
 
 Time on the 2-core machine, embedded data: about 11 s for the reference's
 three seeds, 8 s for no-BN, 3 s for the twin (the three are cached for the

@@ -67,8 +67,8 @@ def test_drop_rate(bn_target, bn_check, seed, p):
         cause = ""
         if abs(rate - (1 - p)) * n <= tols.DROPOUT_Z * sd:
             cause = "\n  likely cause: p is used as the keep probability (cs231n's dropout p keeps); torch's p drops"
-        raise CheckFailure(f"dropout with p={p:g} dropped {k} of {n} elements (rate {rate:.4f}); expected "
-                           f"{n * p:.0f} +- {sd:.1f} (binomial), |z| = {z:.1f} > {tols.DROPOUT_Z:g}{cause}")
+        raise CheckFailure(f"dropout with p={p:g} dropped {k} of {n} elements (|z| = {z:.1f} > {tols.DROPOUT_Z:g}); "
+                           f"expected {n * p:.0f} +- {sd:.1f} (binomial), rate {rate:.4f}{cause}")
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
@@ -160,8 +160,8 @@ def test_independent_masks(bn_target, bn_check, seed, p):
     if z > tols.DROPOUT_Z:
         same = bool(np.array_equal(a, b))
         raise CheckFailure(
-            f"dropout masks of {what} are not independent: both dropped {k} of {n} positions, expected "
-            f"{n * q:.0f} +- {sd:.1f} for independent masks with p={p:g} (|z| = {z:.1f} > {tols.DROPOUT_Z:g})"
+            f"dropout masks of {what} are not independent (|z| = {z:.1f} > {tols.DROPOUT_Z:g}): both dropped {k} "
+            f"of {n} positions, expected {n * q:.0f} +- {sd:.1f} for independent masks with p={p:g}"
             + ("\n  likely cause: the same mask every time (a generator re-seeded per call, or a cached mask)"
                if same else "\n  likely cause: a mask reused across positions (one mask per row or per call)"))
 

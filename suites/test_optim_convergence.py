@@ -25,7 +25,9 @@ target accuracy later than the reference's spread allows, and states the bug imp
 test accuracy.
 
 Report: the per-epoch table (console and failure message), MLflow metrics, per-epoch series, and
-artifacts ``plots/optim_convergence.png`` and ``optim_convergence/verdict.json``.
+artifacts ``plots/optim_convergence.png`` and ``optim_convergence/verdict.json``.  The verdict is a
+band, not an error over a tolerance: the check has no err/tol (``final_band_low``/``final_band_high``
+beside ``final_target`` say how it was decided).
 """
 
 from __future__ import annotations

@@ -46,8 +46,9 @@ speed-up and the weight-scale margin (every seed agrees, but three seeds bound t
 and small-batch regularisation (the two generalisation gaps differ by less than their spread).
 
 Each check records ``reproduced``, ``inconclusive`` and ``seconds`` as metrics, every band's
-estimate, edges and spreads (``bands.<name>.*``), the claim's
-numbers flattened as metrics (curves as series) and in the details.
+estimate, edges and spreads (``bands.<name>.*``; an edge that nothing bounds is inf), the claim's
+numbers flattened as metrics (curves as series) and in the details.  A claim is decided by bands,
+not by an error over a tolerance: no check of this suite has an err/tol.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _flatten(prefix: str, value: Any, metrics: dict[str, float], series: dict[st
     if isinstance(value, bool):
         metrics[prefix] = float(value)
     elif isinstance(value, (int, float)):
-        if math.isfinite(float(value)):
+        if not math.isnan(float(value)):  # +/-inf (a band bounded by nothing) is logged and shown as inf
             metrics[prefix] = float(value)
     elif isinstance(value, dict):
         for k, v in value.items():

@@ -136,7 +136,8 @@ class ConvergenceVerdict:
         return {"pass": True, "fail": False}.get(self.outcome)
 
     def metrics(self) -> dict[str, float]:
-        """Flat scalar metrics (for MLflow): finite floats only."""
+        """Flat scalar metrics (for MLflow): NaN left out, +/-inf kept (the tracking plan stores it as MLflow
+        accepts it and reads it back as inf).  A band verdict, not an err/tol ratio: none is among them."""
         out: dict[str, float] = {}
         for k, v in self.final.items():
             out[f"final_{k}"] = v
@@ -156,7 +157,7 @@ class ConvergenceVerdict:
         out["passed"] = float(self.outcome == "pass")
         for k, v in self.seconds_per_epoch.items():
             out[f"seconds_per_epoch_{k}"] = v
-        return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
+        return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
 
     def series(self) -> dict[str, list[float]]:
         """Per-epoch series (step = epoch, starting at 1) for MLflow."""
