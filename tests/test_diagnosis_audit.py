@@ -306,3 +306,50 @@ def test_a_wired_check_names_the_reproduced_cause(bug, check_name, function, phr
             assert NEUTRAL in msg or "likely cause:" in msg, f"{bug.id}: {check_name} says nothing about a cause:\n{msg}"
         else:
             assert phrase in msg, f"{bug.id}: {check_name} does not name {phrase!r}:\n{msg}"
+
+
+# --------------------------------------------------------------------------- sentences that were simulated already
+
+def _bounds(xs, rm0, rv0, w, dtype=torch.float64):
+    bm, bv = np.zeros_like(rm0), np.zeros_like(rv0)
+    rm, rv = rm0, rv0
+    out = ([], [])
+    for x in xs:
+        bm, bv = tols.running_update(x, rm, rv, w, True, dtype, bm, bv)
+        rm, rv = _life([x], rm, rv, momentum=w)
+        out[0].append(bm)
+        out[1].append(bv)
+    return out
+
+
+def test_running_statistics_frozen_and_inverted_only_when_simulated():
+    """The sentences the audit started from: each is a simulated life matched against the check's bounds."""
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((6, 2)) + 0.5 for _ in range(3)]
+    rm0, rv0 = np.zeros(2), np.ones(2)
+    mb, vb = _bounds(xs, rm0, rv0, 0.1)
+
+    def causes(means, vars_):
+        return diagnose.modes.running_statistics(TORCH, xs, rm0, rv0, 0.1, means, vars_, mb, vb, eps=1e-5)
+
+    frozen = causes([rm0] * 3, [rv0] * 3)
+    assert any("never change in training" in c for c in frozen), frozen
+    barely = [_life(xs[:k + 1], rm0, rv0, momentum=1e-3) for k in range(3)]
+    assert not any("never change" in c for c in causes([b[0] for b in barely], [b[1] for b in barely]))
+    inverted = [_life(xs[:k + 1], rm0, rv0, momentum=0.9) for k in range(3)]
+    assert any("bug class B4" in c for c in causes([b[0] for b in inverted], [b[1] for b in inverted]))
+    near = [_life(xs[:k + 1], rm0, rv0, momentum=0.85) for k in range(3)]
+    assert causes([b[0] for b in near], [b[1] for b in near]) == []
+
+
+def test_train_output_with_running_statistics_only_when_it_is_them():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((6, 2)) + 1.0
+    rm, rv = np.array([0.3, -0.2]), np.array([1.5, 0.7])
+    tol = tols.forward_train(x, None, None, 1e-5, torch.float64)
+    with_running = oracle.forward_eval(x, None, None, rm, rv, 1e-5)
+    assert any("running statistics" in c for c in diagnose.forward.train_output(
+        with_running, x, None, None, 1e-5, tol, torch.float64, (rm, rv)))
+    other = oracle.forward_eval(x, None, None, rm + 0.01, rv, 1e-5)
+    assert not any("running statistics" in c for c in diagnose.forward.train_output(
+        other, x, None, None, 1e-5, tol, torch.float64, (rm, rv)))
