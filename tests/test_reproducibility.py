@@ -27,8 +27,11 @@ def _numbers(summary):
 @pytest.mark.parametrize("target, shrink", [
     (BUGGY, False), (CORRECT, False), pytest.param(BUGGY, True, marks=pytest.mark.slow)])
 def test_same_seed_same_verdicts_and_numbers(target, shrink):
+    # Shrinking stops at a time budget by default, so where it stops depends on the machine's load; a
+    # budget these small cases never reach lets it finish, and the same seed then gives the same example.
     runs = [check(target, suites=["forward"], seed=3, shrink=shrink,
-                  extra=["-k", "rank2-float32 or test_forward_ill_conditioned and float32"]) for _ in range(2)]
+                  extra=["-k", "rank2-float32 or test_forward_ill_conditioned and float32",
+                         "--bn-shrink-budget", "600"]) for _ in range(2)]
     (c1, s1), (c2, s2) = runs
     assert s1 is not None and s2 is not None
     assert c1 == c2 == (1 if target == BUGGY else 0)
