@@ -1,7 +1,9 @@
 """Hypothesis strategies for batch-norm cases: shapes, hyper-parameters and conditioned inputs.
 
 Also what checks derive from a drawn case's seed (further batches, running statistics, upstream
-gradients), and the larger cases of the invariance suite (permuted batches, a preceding layer).
+gradients), the larger cases of the invariance suite (permuted batches, a preceding layer), and how a
+check's failure on a drawn case is reported (``ordinary_first``: on an ordinary input when one fails
+too, with ill-conditioning named as the trigger only when ordinary inputs pass).
 
 Input values come from a numpy generator seeded by a drawn integer: far
 faster than drawing every element through hypothesis, still fully
@@ -13,13 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import strategies as st
 
 from bnverify import tolerances as tols
+from bnverify.compare import CheckFailure
 from bnverify.reference import batchnorm as oracle
 
 RANKS = (2, 3, 4, 5)
@@ -205,29 +209,108 @@ def ordinary_variants(case: Case, n: int) -> list[Case]:
     return out
 
 
-def reported_failure(case: Case, report: str, failure_of: Callable[[Case], str | None]) -> str:
+Inputs = Callable[[Case], Sequence[np.ndarray]]
+"""The inputs a check feeds the target for a case (its own ``x`` first, then batches derived from its seed):
+what the case's conditioning is measured on."""
+
+
+def own_input(case: Case) -> Sequence[np.ndarray]:
+    """``[case.x]``: the inputs of a check that feeds the target the case's own batch only."""
+    return [case.x]
+
+
+def conditioning_of(case: Case, inputs: Inputs = own_input) -> float:
+    """The largest per-channel |mean|/std over the inputs a check feeds the target for ``case``."""
+    return max(mean_over_std(a) for a in inputs(case))
+
+
+class Inconclusive(Exception):
+    """A re-run of a check on an ordinary input neither passed nor failed (it was skipped)."""
+
+
+def reported_failure(case: Case, report: str, failure_of: Callable[[Case], str | None], *,
+                     inputs: Inputs = own_input) -> str:
     """The report of a check that ``case`` failed: on an ordinary input when one fails too.
 
     Shrinking drives a failure toward small batches, where input is easily ill-conditioned; an
-    ill-conditioned example (|mean|/std above ``tolerances.ILL_CONDITIONED_MEAN_OVER_STD``) is
-    therefore run again, on the example hypothesis finally reports only, on ``ORDINARY_RETRIES``
-    ordinary inputs of the same shape, dtype and eps (``failure_of`` runs the check on one and
-    returns its report, or None when it passes).  The first ordinary failure is reported instead,
-    saying so; when every ordinary input passes, the report says that ill-conditioning is the trigger.
+    ill-conditioned example (|mean|/std above ``tolerances.ILL_CONDITIONED_MEAN_OVER_STD`` in some
+    channel of any of its ``inputs``) is therefore run again, on the example hypothesis finally reports
+    only, on ``ORDINARY_RETRIES`` ordinary inputs of the same shape, dtype and eps (``failure_of`` runs the
+    check on one and returns its report, or None when it passes; ``Inconclusive`` when it was skipped).
+    The first ordinary failure is reported instead, saying so; when the ordinary inputs pass, the report
+    says that ill-conditioning is the trigger.
     """
-    ratio = case.mean_over_std
-    if not ratio > tols.ILL_CONDITIONED_MEAN_OVER_STD or not _final_example():
+    if not _final_example():
         return report
-    variants = ordinary_variants(case, tols.ORDINARY_RETRIES)
-    for v in variants:
-        other = failure_of(v)
+    ratio = conditioning_of(case, inputs)
+    if not ratio > tols.ILL_CONDITIONED_MEAN_OVER_STD:
+        return report
+    where = "" if inputs is own_input else " in the batches the check ran"
+    passed: list[Case] = []
+    for v in ordinary_variants(case, tols.ORDINARY_RETRIES):
+        try:
+            other = failure_of(v)
+        except Inconclusive:
+            continue
         if other is not None:
             return (f"{other}\n  fails at ordinary conditioning too: the example found first was {case.conditioning} "
-                    f"input with |mean|/std up to {ratio:.3g} (data seed {case.seed}); this one has the same shape, "
-                    f"dtype and eps")
-    worst = max(v.mean_over_std for v in variants)
-    return (f"{report}\n  ill-conditioning is the trigger: the same check passes on {len(variants)} ordinary inputs of "
-            f"this shape, dtype and eps (|mean|/std up to {worst:.2g}) and fails at |mean|/std {ratio:.3g}")
+                    f"input with |mean|/std up to {ratio:.3g}{where} (data seed {case.seed}); this one has the same "
+                    f"shape, dtype and eps")
+        passed.append(v)
+    if not passed:
+        return report
+    worst = max(conditioning_of(v, inputs) for v in passed)
+    return (f"{report}\n  ill-conditioning is the trigger: the same check passes on {len(passed)} ordinary inputs of "
+            f"this shape, dtype and eps (|mean|/std up to {worst:.2g}) and fails at |mean|/std {ratio:.3g}{where} "
+            f"({case.conditioning} input)")
+
+
+def ordinary_first(case: Case, check: Any, run: Callable[[Case, Any], None], *, inputs: Inputs = own_input) -> None:
+    """``run(case, check)``, a check on a drawn case, with its failure reported by ``reported_failure``.
+
+    ``run`` raises ``CheckFailure`` when the target fails; the re-runs on ordinary input (on the example
+    hypothesis reports, when it is ill-conditioned) record nothing on ``check``.  ``inputs`` names what the
+    check feeds the target for a case when that is more than its own batch (``batches`` derived from its
+    seed), so that their conditioning counts too.  A failure that is not a ``CheckFailure`` (the target
+    raised or hung) is passed on as it is: its re-runs would say nothing about conditioning, and a hung
+    target would cost a timeout each.
+    """
+    try:
+        run(case, check)
+    except CheckFailure as exc:
+        # raised from here on every run, the final one too, so hypothesis sees one failure throughout
+        raise CheckFailure(reported_failure(case, str(exc), lambda c: _failure_of(run, c), inputs=inputs)) from None
+
+
+def _failure_of(run: Callable[[Case, Any], None], case: Case) -> str | None:
+    """The report of ``case`` failing the check ``run`` (recording nothing), None when it passes."""
+    try:
+        run(case, Unrecorded())
+    except AssertionError as exc:  # CheckFailure, or the target's own TargetError
+        return str(exc)
+    except pytest.skip.Exception:
+        raise Inconclusive() from None
+    return None
+
+
+class Unrecorded:
+    """A check recorder (the plugin's ``bn_check``) that records nothing: for re-runs that only inform a
+    report."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def observe(self, ratio: float, max_abs_err: float | None = None) -> None:
+        pass
+
+    def metric(self, name: str, value: float) -> None:
+        pass
+
+    def series(self, name: str, values: list[float]) -> None:
+        pass
+
+    def detail(self, name: str, value: Any) -> None:
+        pass
 
 
 def _final_example() -> bool:
@@ -250,30 +333,38 @@ def running_stats_for(case: Case, rng: np.random.Generator) -> tuple[np.ndarray,
     return to_dtype_values(rm, case.dtype), to_dtype_values(rv, case.dtype)
 
 
+def derived_conditioning(case: Case) -> str:
+    """The conditioning of further inputs a check derives from ``case``'s seed: ``ordinary`` for an ordinary
+    case (so that an ordinary example is ordinary throughout), ``normal`` otherwise."""
+    return "ordinary" if case.conditioning == "ordinary" else "normal"
+
+
 def batches(case: Case, n: int) -> list[np.ndarray]:
     """``n`` batches of the case's shape with different per-channel statistics, in the case's dtype; the
-    first is the case's own (the training steps of the modes checks)."""
+    first is the case's own (the training steps of the modes checks), the others of its
+    ``derived_conditioning``."""
     rng = np.random.default_rng(case.seed + 17)
     out = [case.x]
     while len(out) < n:
-        out.append(to_dtype_values(make_input(rng, case.shape, "normal", case.eps), case.dtype))
+        out.append(to_dtype_values(make_input(rng, case.shape, derived_conditioning(case), case.eps), case.dtype))
     return out
 
 
 @st.composite
 def permutation_cases(draw: Any, rank: int, dtype: torch.dtype) -> Case:
-    """Batches larger than the other suites draw (up to 96 samples), so a statistic of part of the batch shows."""
+    """Batches larger than the other suites draw (up to 96 samples), so a statistic of part of the batch shows;
+    ordinary or normal input, as ``base`` drew it (hypothesis shrinks toward ordinary)."""
     n = draw(st.integers(33, 96) if rank == 2 else st.integers(9, 40), label="N")
     c = draw(st.integers(1, 4), label="C")
     shape = (n, c) + tuple(draw(st.integers(1, 3), label=f"S{i}") for i in range(rank - 2))
     base = draw(cases(rank, dtype, max_numel=2), label="hyper")
     rng = np.random.default_rng(base.seed)
-    x = to_dtype_values(make_input(rng, shape, "normal", base.eps), dtype)
+    x = to_dtype_values(make_input(rng, shape, base.conditioning, base.eps), dtype)
     gamma = beta = None
     if base.affine:
         gamma = to_dtype_values(rng.uniform(0.2, 3.0, c) * rng.choice([-1.0, 1.0], c), dtype)
         beta = to_dtype_values(rng.uniform(-3.0, 3.0, c), dtype)
-    return Case(x, dtype, base.eps, base.affine, gamma, beta, base.momentum, "normal", base.seed)
+    return Case(x, dtype, base.eps, base.affine, gamma, beta, base.momentum, base.conditioning, base.seed)
 
 
 @dataclass(frozen=True)

@@ -1024,10 +1024,11 @@ last-bit difference another machine's kernels make, which training then amplifie
 
 ILL_CONDITIONED_MEAN_OVER_STD = 10.0
 """A failing example whose input has |mean|/std above this in some channel is ill-conditioned (the
-suites' ``large_mean`` input starts here); before it is reported, the same check is run on inputs of
-the same shape, dtype and eps at ordinary conditioning (``bnverify.strategies.reported_failure``), so
-that a bug that fails everywhere is shown on an ordinary input and ill-conditioning is named as the
-trigger only when ordinary inputs pass."""
+suites' ``large_mean`` input starts here; for a check that trains on several batches derived from the
+case, any of them counts); before it is reported, the same check is run on inputs of the same shape,
+dtype and eps at ordinary conditioning (``bnverify.strategies.reported_failure``, wired into a check by
+``ordinary_first``), so that a bug that fails everywhere is shown on an ordinary input and
+ill-conditioning is named as the trigger only when ordinary inputs pass."""
 
 ORDINARY_MEAN_OVER_STD = 1.0
 """Ordinary conditioning: |mean|/std at most this in every channel (the ``ordinary`` input of
