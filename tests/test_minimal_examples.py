@@ -3,7 +3,8 @@ fails too, and ill-conditioning is named as the trigger only when it passes (``s
 
 The helper is tested on its own first; then the backward, modes and invariance checks are run (their
 bodies, without hypothesis, as ``tests/test_invariance.py`` does) on a fixed ill-conditioned case against
-gallery bugs of both sorts, and the backward suite end to end; last, every gallery bug's own run.
+gallery bugs of both sorts, and the backward suite end to end; last, the one-value-per-channel check under
+a composed torch convention.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from bnverify.strategies import (Case, Unrecorded, batches, cases, make_input, m
 from bnverify.suites import test_bn_backward as backward
 from bnverify.suites import test_bn_invariance as invariance
 from bnverify.suites import test_bn_modes as modes
+from bnverify.target import TargetLoadError
+from tests.gallery.correct import BatchNorm
 from tests.test_invariance import Draws, Recorder
 
 ORDINARY_TOO = "fails at ordinary conditioning too"
@@ -253,6 +256,57 @@ def test_backward_suite_reports_ill_conditioned_failures_as_the_issue_asks(bug, 
     for r in failed:
         assert expected in r.message, r.message
         assert ("input ordinary" if expected == ORDINARY_TOO else "input large_mean") in _reported_case(r.message)
+
+
+# --------------------------------------------------------------------------- one value per channel
+
+class SingleValueBiasedBatchNorm(BatchNorm):
+    """Correct, except that one value per channel in training raises nothing: the batch variance 0 is
+    averaged into running_var (the biased update) and the output is beta."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        m = input.numel() // input.shape[1]
+        if self.training and self.track_running_stats and m == 1:
+            w = self.momentum if self.momentum is not None else 1.0
+            self.num_batches_tracked.add_(1)
+            with torch.no_grad():
+                self.running_mean.mul_(1 - w).add_(input.detach().reshape(-1).to(self.running_mean.dtype), alpha=w)
+                self.running_var.mul_(1 - w)
+            shape = (1, -1) + (1,) * (input.dim() - 2)
+            return torch.zeros_like(input) + (0 if self.bias is None else self.bias.reshape(shape))
+        return super().forward(input)
+
+
+SINGLE = "tests.test_minimal_examples:SingleValueBiasedBatchNorm"
+
+
+@pytest.mark.parametrize("aspects, name, fails", [
+    ({}, "torch", True),
+    ({"eps": 1e-6}, "torch+eps=1e-6", True),
+    ({"momentum": 0.2}, "torch+momentum=0.2", True),
+    ({"running_var": "biased"}, "torch+running-var=biased", False),
+])
+def test_single_value_per_channel_follows_the_running_variance_aspect(aspects, name, fails):
+    """An unbiased running variance (torch's, composed or not) has no value for one sample, so the target must
+    raise; a biased one (any base) takes the biased update.  Branching on the name ``torch`` let
+    ``torch+eps=1e-6`` take the lenient branch."""
+    target = load_target(SINGLE, aspects=aspects)
+    assert target.convention.name == name
+    case = _case(conditioning="ordinary")
+    msg = _run(modes.test_single_value_per_channel, target, rank=2, case=case)
+    if fails:
+        assert msg is not None and "returned without an error" in msg and f"({name} convention)" in msg, msg
+    else:
+        assert msg is None, msg
+    # torch itself raises, under every one of these conventions
+    assert _run(modes.test_single_value_per_channel, load_target("torch", aspects=aspects), rank=2, case=case) is None
+
+
+def test_init_conventions_have_no_composed_names():
+    """``suites/test_init.py`` branches on ``conv.name == "torch"`` too: initializer conventions take no aspect
+    flags, so no composed name can miss that branch."""
+    with pytest.raises(TargetLoadError, match="does not apply"):
+        load_target("torch.nn.init:kaiming_normal_", aspects={"eps": 1e-6})
 
 
 # --------------------------------------------------------------------------- the gallery's own runs
