@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from bnverify import tracking
 from bnverify.tables import table
-from bnverify.tracking.config import is_http_uri, redact, sqlite_path
+from bnverify.tracking.config import describe_error, is_http_uri, redact, sqlite_path
 from bnverify.tracking.plan import from_store
 from bnverify.tracking.query import invocation_metrics
 from bnverify.tracking.store import open_store
@@ -327,6 +327,34 @@ def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace:
             time.sleep(0.05)
 
 
+_VIEW_LABEL = "bnverify runs, verdict and key metrics as columns"
+
+
+def view_url(uri: str, experiment: str, base: str, *, update: bool) -> str | None:
+    """The runs table of ``experiment`` in bnverify's view, on the UI at ``base``; None when
+    the store has no such experiment yet or cannot be read (the UI starts all the same).
+
+    ``update``: first give an existing experiment the tags bnverify gives the experiments it
+    creates (the view, the kind), as a check would; else link to the view only if it is there.
+    """
+    from bnverify.tracking.plan import KEY_VIEW_TAG, ui_path
+    from bnverify.tracking.store import ensure_experiment_tags, open_store, tracking_context
+
+    try:
+        with tracking_context(), open_store(uri, None) as (client, _):
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None or exp.lifecycle_stage == "deleted":
+                return None
+            if update:
+                ensure_experiment_tags(client, str(exp.experiment_id), exp.tags or {})
+            elif KEY_VIEW_TAG not in (exp.tags or {}):
+                return None
+            return f"{base}/{ui_path(str(exp.experiment_id))}"
+    except Exception as e:  # noqa: BLE001 - the link is a convenience; the UI starts without it
+        print(f"bnverify: no link to the runs table ({describe_error(e)})", file=sys.stderr)
+        return None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """``bnverify ui``: the MLflow UI on the configured store, until Ctrl-C or SIGTERM.
 
@@ -336,8 +364,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     URL is printed once the server answers.
     """
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    experiment = tracking.resolve_experiment(args.experiment)
     if is_http_uri(uri):
         print(f"{redact(uri)} is a tracking server; its UI is at {redact(uri)}")
+        view = None if args.print_only else view_url(uri, experiment, redact(uri).rstrip("/"), update=False)
+        if view:
+            print(f"{_VIEW_LABEL}: {view}")
         return 0
     host, port = args.host, args.port
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
@@ -367,6 +399,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # bnverify needs none of MLflow's GenAI job runner: six fewer processes, a faster start
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     print(f"bnverify: starting the MLflow UI on {redact(uri)} ...", flush=True)
+    view = view_url(uri, experiment, url, update=True)  # before the server: one writer at a time
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -389,6 +422,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
             time.sleep(0.25)
         if ready:
             print(f"MLflow UI ready: {url}  (Ctrl-C stops it)", flush=True)
+            if view:
+                print(f"{_VIEW_LABEL}: {view}", flush=True)
         elif not received and proc.poll() is None:
             _stop_group(proc)
             return _fail(f"the MLflow UI did not answer at {url} within {UI_START_TIMEOUT_S:.0f} s; stopped it")

@@ -24,6 +24,7 @@ from bnverify.tracking.config import (
     REDACTED,
     describe_error,
     env_secrets,
+    is_http_uri,
     is_secret_name,
     mlflow_available,
     redact,
@@ -33,7 +34,7 @@ from bnverify.tracking.config import (
     scrub,
     version,
 )
-from bnverify.tracking.plan import TAG_COMMAND, TAG_INVOCATION
+from bnverify.tracking.plan import TAG_COMMAND, TAG_INVOCATION, ui_path
 from bnverify.tracking.spool import ArtifactValue, move_to_spool, stage
 from bnverify.tracking.warmup import deliver
 
@@ -43,13 +44,15 @@ class LogOutcome(NamedTuple):
 
     ``artifact_uri`` is the parent run's artifact root in the store (``file:///...``,
     ``mlflow-artifacts:/...``, ``s3://...``) when logged; an artifact named ``plots/x.png``
-    is at ``artifact_uri + "/plots/x.png"`` (:meth:`artifact_location`).
+    is at ``artifact_uri + "/plots/x.png"`` (:meth:`artifact_location`).  ``experiment_id``
+    is the experiment the run is in.
     """
 
     run_id: str | None
     spooled: Path | None
     message: str
     artifact_uri: str | None = None
+    experiment_id: str | None = None
 
     def artifact_location(self, name: str) -> str | None:
         """Where the artifact ``name`` (as handed to :func:`log_invocation`) now lives:
@@ -64,6 +67,16 @@ class LogOutcome(NamedTuple):
         if self.spooled is not None:
             return str(self.spooled / "artifacts" / rel)
         return None
+
+
+def where_to_see(uri: str, experiment_id: str, *, explicit: bool = False) -> str:
+    """Where the runs table shows the logged run, with bnverify's view of it (the verdict and
+    key metrics as columns): the tracking server's address, or the ``bnverify ui`` command
+    that serves a database store (``explicit``: the store was named by ``--tracking-uri``)."""
+    if is_http_uri(uri) and experiment_id:
+        return f"runs table: {redact(uri).rstrip('/')}/{ui_path(experiment_id)}"
+    command = "bnverify ui" + (f" --tracking-uri {shlex.quote(redact(uri))}" if explicit else "")
+    return f"runs table: `{command}`"
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -175,8 +188,10 @@ def log_invocation(
                 return LogOutcome(
                     written.run_id,
                     None,
-                    f"tracking: logged run {written.run_id} to {redact(uri)}{note}",
+                    f"tracking: logged run {written.run_id} to {redact(uri)}{note}; "
+                    + where_to_see(uri, written.experiment_id, explicit=tracking_uri is not None),
                     written.artifact_uri or None,
+                    written.experiment_id or None,
                 )
             except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - never raise: spool
                 error = describe_error(e)

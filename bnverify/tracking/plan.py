@@ -51,6 +51,68 @@ TAG_INFINITE = "bnverify.infinite_metrics"  # metric keys whose value is +/-inf 
 #: value for "custom model development" (the runs table, not the GenAI "Traces" overview).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: MLflow 3's UI keeps an experiment's saved runs-table views as experiment tags with this
+#: prefix (``EXPERIMENT_PAGE_VIEW_STATE_SHARE_TAG_PREFIX``): the "Views" menu lists them, and
+#: ``#/experiments/<id>/runs?viewStateShareKey=<view id>`` opens one.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+#: bnverify's view: the verdict and the key metrics as the runs table's columns.
+KEY_VIEW_ID = "bnverify-key-metrics"
+KEY_VIEW_TAG = VIEW_TAG_PREFIX + KEY_VIEW_ID
+KEY_VIEW_NAME = "bnverify: verdict and key metrics"
+#: The parent run's keys the view shows, in this order, as MLflow names its table columns
+#: (``<type>.`<key>```).  The run's duration is MLflow's own "Duration" column (always shown):
+#: bnverify sets the parent run's start and end from the invocation's duration.
+KEY_COLUMNS = (
+    "tags.`verdict`",
+    "metrics.`summary.failed`",
+    "metrics.`summary.worst_ratio`",
+)
+#: Column ids of MLflow's runs table: the run name and the duration.
+_RUN_NAME_COLUMN = "attributes.`Run Name`"
+_DURATION_COLUMN = "duration"
+#: Pixel widths: the run name wide enough for ``FAIL 13/19 · <36-character target> · quick``.
+_KEY_VIEW_WIDTHS = {_RUN_NAME_COLUMN: 360, KEY_COLUMNS[0]: 90, KEY_COLUMNS[1]: 130, KEY_COLUMNS[2]: 170}
+#: URL query of the runs page that opens bnverify's view, in the "Model training" sidebar
+#: (``workflowType``; a new browser profile starts on the GenAI one).
+KEY_VIEW_QUERY = f"workflowType=machine_learning&viewStateShareKey={KEY_VIEW_ID}"
+
+
+def key_view_state() -> dict[str, Any]:
+    """The runs-table state of bnverify's view, in the fields of MLflow's ``ExperimentPageUIState``:
+    the selected columns, their order (after the run name, which with "Created" stays first) and
+    widths.  Everything else is MLflow's default."""
+    return {
+        "selectedColumns": list(KEY_COLUMNS),
+        "columnOrder": [_RUN_NAME_COLUMN, *KEY_COLUMNS, _DURATION_COLUMN],
+        "columnWidths": dict(_KEY_VIEW_WIDTHS),
+    }
+
+
+def key_view_tag_value(created_ms: int) -> str:
+    """The experiment tag value MLflow's UI reads as a saved view (``savedViewEnvelope.ts``:
+    ``name``, ``createdAt`` and ``state``, the state plain JSON)."""
+    state = json.dumps(key_view_state(), sort_keys=True)
+    return json.dumps({"name": KEY_VIEW_NAME, "createdAt": int(created_ms), "state": state})
+
+
+def is_current_key_view(value: str | None) -> bool:
+    """Whether ``value`` (the tag as stored) is the view :func:`key_view_tag_value` writes now,
+    whatever its ``createdAt``."""
+    try:
+        got = json.loads(value or "")
+        return bool(got.get("name") == KEY_VIEW_NAME and json.loads(got.get("state")) == key_view_state())
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's address (after the server's root) of an experiment's runs table in bnverify's
+    view, or of one run's page."""
+    if run_id:
+        return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return f"#/experiments/{experiment_id}/runs?{KEY_VIEW_QUERY}"
+
+
 #: What an infinite metric reads back as: MLflow's SQL store (SQLite, PostgreSQL, and a
 #: tracking server in front of one) stores +/-inf as +/-``sys.float_info.max``
 #: (``SqlAlchemyStore._log_metrics``); NaN it keeps as NaN.  Read back, a value at this

@@ -34,6 +34,7 @@ from bnverify.tracking.config import (
 from bnverify.tracking.plan import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    KEY_VIEW_TAG,
     ROLE_INVOCATION,
     ROLE_SUITE,
     TAG_COMPLETE,
@@ -42,6 +43,8 @@ from bnverify.tracking.plan import (
     TAG_SUITE,
     RunPlan,
     batches,
+    is_current_key_view,
+    key_view_tag_value,
     plan_invocation,
 )
 
@@ -154,7 +157,9 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
 
     The experiment is tagged ``mlflow.experimentKind=custom_model_development`` so MLflow 3's
     UI opens it on its runs, not on the GenAI overview ("Traces 0"); a kind already set (by a
-    person, in the UI) is left alone.
+    person, in the UI) is left alone.  It also carries bnverify's saved view of the runs table
+    (:data:`~bnverify.tracking.plan.KEY_VIEW_TAG`: the verdict and key metrics as columns),
+    written when missing or when bnverify's definition of it changed.
     """
     from mlflow.exceptions import MlflowException
 
@@ -164,12 +169,13 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
-            if not (exp.tags or {}).get(EXPERIMENT_KIND_TAG):
-                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            ensure_experiment_tags(client, str(exp.experiment_id), exp.tags or {})
             return str(exp.experiment_id)
         try:
             return str(client.create_experiment(
-                name, artifact_location=_artifact_location(uri, name), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                name,
+                artifact_location=_artifact_location(uri, name),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, KEY_VIEW_TAG: key_view_tag_value(int(time.time() * 1000))},
             ))
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
@@ -177,6 +183,15 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
             last = e
             time.sleep(0.05 * (attempt + 1))
     raise RuntimeError(f"could not get or create experiment {name!r}: {last}")
+
+
+def ensure_experiment_tags(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:
+    """Tag an existing experiment (``tags``: its tags now) as bnverify creates one: the kind
+    when none is set, and bnverify's runs-table view when missing or out of date."""
+    if not tags.get(EXPERIMENT_KIND_TAG):
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if not is_current_key_view(tags.get(KEY_VIEW_TAG)):
+        client.set_experiment_tag(experiment_id, KEY_VIEW_TAG, key_view_tag_value(int(time.time() * 1000)))
 
 
 def _log_plan_batches(client: MlflowClient, run_id: str, plan: RunPlan, timestamp_ms: int) -> None:
@@ -271,10 +286,12 @@ def open_store(uri: str, experiment: str | None, *, hold: bool | None = None) ->
 
 
 class Written(NamedTuple):
-    """Where an invocation landed: its parent run and that run's artifact root in the store."""
+    """Where an invocation landed: its parent run, that run's artifact root in the store and
+    the experiment's id."""
 
     run_id: str
     artifact_uri: str
+    experiment_id: str = ""
 
 
 def write_invocation(
@@ -317,4 +334,4 @@ def write_invocation(
             _upload_artifacts(client, parent_id, artifacts_dir)
         client.set_tag(parent_id, TAG_COMPLETE, "true")
         client.set_terminated(parent_id, status=plan.parent.status, end_time=end_ms)
-        return Written(parent_id, str(parent.info.artifact_uri or ""))
+        return Written(parent_id, str(parent.info.artifact_uri or ""), str(exp_id))
