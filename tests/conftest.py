@@ -151,3 +151,26 @@ def check_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     folder = tmp_path_factory.getbasetemp().parent / "bnverify-check-runs"
     folder.mkdir(exist_ok=True)
     return CheckRuns(folder)
+
+
+# Nothing a test runs may write into the repository (the user's directory, for a check): mlflow's
+# fallback artifact root ./mlruns, a default store .bnverify/, pytest-benchmark's .benchmarks/.
+_WRITTEN_BY_NO_ONE = ("mlruns", ".bnverify", "mlflow.db")
+_PRESENT_AT_START: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _PRESENT_AT_START.update(name for name in _WRITTEN_BY_NO_ONE if (REPO / name).exists())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):  # the controller looks once, after every worker
+        return
+    new = [name for name in _WRITTEN_BY_NO_ONE if name not in _PRESENT_AT_START and (REPO / name).exists()]
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"bnverify's tests wrote {', '.join(new)} into the repository ({REPO}): a test "
+                                "ran a check or an MLflow call without a store or artifact root of its own",
+                                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

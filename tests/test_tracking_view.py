@@ -77,9 +77,10 @@ def test_a_new_experiment_carries_the_view_of_the_key_columns(store: str) -> Non
     assert parent.data.metrics["summary.worst_ratio"] == pytest.approx(0.9)
 
 
-def test_an_existing_experiment_gets_the_view_once_and_an_outdated_one_is_replaced(store: str) -> None:
+def test_an_existing_experiment_gets_the_view_once_and_an_outdated_one_is_replaced(store: str, tmp_path: Path) -> None:
     c = client_for(store)
-    exp_id = c.create_experiment("bnverify")  # made before bnverify had a view: no tags
+    # made before bnverify had a view: no tags (artifacts in tmp_path, not mlflow's ./mlruns in the repo)
+    exp_id = c.create_experiment("bnverify", artifact_location=(tmp_path / "artifacts").as_uri())
     tracking.log_invocation(make_summary(own_plots=False), tracking_uri=store)
     first = view_of(store)
     assert json.loads(first["state"]) == key_view_state()
@@ -118,10 +119,10 @@ def test_the_run_message_says_where_the_runs_table_is(store: str, home: Path) ->
     assert ui_path("7", "abc") == "#/experiments/7/runs/abc?workflowType=machine_learning"
 
 
-def test_ui_links_to_the_view_and_gives_an_older_experiment_its_view(store: str) -> None:
+def test_ui_links_to_the_view_and_gives_an_older_experiment_its_view(store: str, tmp_path: Path) -> None:
     c = client_for(store)
     assert tracking_cli.view_url(store, "bnverify", "http://127.0.0.1:5000", update=True) is None  # none yet
-    exp_id = c.create_experiment("bnverify")
+    exp_id = c.create_experiment("bnverify", artifact_location=(tmp_path / "artifacts").as_uri())
     assert tracking_cli.view_url(store, "bnverify", "http://127.0.0.1:5000", update=False) is None  # no view: no link
     url = tracking_cli.view_url(store, "bnverify", "http://127.0.0.1:5000", update=True)
     assert url == f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey={KEY_VIEW_ID}"
