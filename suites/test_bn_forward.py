@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.bnverify_suite("forward"), pytest.mark.bnverify_tier("
 
 
 def _check_train_output(target: Any, case: Case, device: str, check: Any, *, x: torch.Tensor | None = None,
-                        what: str = "training-mode output") -> None:
+                        what: str = "training-mode output", layout: str = "") -> None:
     """Training-mode output of ``case`` (or of the tensor ``x`` holding its values) equals the oracle's."""
     inst, gamma, beta = build(target, case, device, momentum=case.momentum)
     running = inst.get_running()
@@ -51,6 +51,8 @@ def _check_train_output(target: Any, case: Case, device: str, check: Any, *, x: 
                 wide = None
         cmp.causes = diagnose.forward.train_output(to_f64(out), case.x, gamma, beta, case.eps, tol, case.dtype,
                                                    running64, wide)
+        if x is not None and layout:  # a non-contiguous input: its storage read as if contiguous
+            cmp.causes = diagnose.forward.layout_output(to_f64(out), x, gamma, beta, case.eps, tol, layout) + cmp.causes
         report = cmp.report() + f"\n  case: {case.describe()}"
         raise CheckFailure(reported_failure(case, report, lambda c: _failure_of(target, c, device)))
 
@@ -131,13 +133,13 @@ def test_forward_layouts(bn_target, bn_device, bn_check, layout, data):
         x = base.as_strided(base.shape, base.stride()).clone(memory_format=torch.preserve_format)
     try:
         _check_train_output(bn_target, case, bn_device, bn_check, x=x,
-                            what=f"training-mode output for {layout} input")
+                            what=f"training-mode output for {layout} input", layout=layout)
     except CheckFailure as exc:
         try:
             _check_train_output(bn_target, case, bn_device, _Unrecorded(), x=base)
         except CheckFailure:
             raise exc from None
-        raise CheckFailure(f"{exc}\n  likely cause: {diagnose.forward.layout(layout)}") from None
+        raise CheckFailure(f"{exc}\n  {diagnose.forward.layout(layout)}") from None
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)

@@ -234,20 +234,24 @@ def _check_num_batches_tracked(target: Any, case: Case, device: str, check: Any)
     problems = []
     expected = 0
     got = count("after construction")
+    counts = [got]
     if got != 0:
         problems.append(f"after construction: expected 0, got {got}")
     x = tensor(case.x, case.dtype, device)
-    for step, training in enumerate((True, True, False, True, False, False)):
+    modes = [True, True, False, True, False, False]
+    for step, training in enumerate(modes):
         inst.forward(x, training=training)
         expected += 1 if training else 0
         got = count(f"after call {step + 1}")
+        counts.append(got)
         if got != expected:
             mode = "training" if training else "eval"
             problems.append(f"after call {step + 1} ({mode}): expected {expected}, got {got}")
     check.metric("problems", len(problems))  # a count, not an err/tol ratio
     if problems:
-        raise CheckFailure("num_batches_tracked is wrong:\n  " + "\n  ".join(problems[:4]) +
-                           f"\n  likely cause: {diagnose.modes.num_batches_tracked(problems)}\n  case: {case.describe()}")
+        raise CheckFailure("num_batches_tracked is wrong:\n  " + "\n  ".join(problems[:4])
+                           + diagnose.common.cause_lines(diagnose.modes.counter(counts, modes))
+                           + f"\n  case: {case.describe()}")
 
 
 @pytest.mark.bnverify_examples(0.2)
@@ -275,7 +279,9 @@ def test_fresh_defaults(bn_target, bn_device, bn_check, data):
     if problems:
         raise CheckFailure("a freshly constructed batch norm must start as the identity in eval "
                            "(gamma 1, beta 0, running mean 0, running variance 1):\n  " + "\n  ".join(problems)
-                           + f"\n  likely cause: {diagnose.modes.FRESH_DEFAULTS}")
+                           + diagnose.common.cause_lines(diagnose.modes.fresh_defaults(
+                               None if g is None else to_f64(g), None if b is None else to_f64(b),
+                               None if run is None else to_f64(run[0]), None if run is None else to_f64(run[1]))))
 
 
 def test_constructor_defaults(bn_target, bn_device, bn_check):
@@ -353,9 +359,8 @@ def test_bn_param_defaults(bn_target, bn_device, bn_check, data):
         c_ = _channel_cmp(got, exp, bnd, f"{name} after one step from a bn_param without eps/momentum/statistics", expl)
         bn_check.observe(c_.ratio, c_.max_abs_err)
         if not c_.ok:
-            raise CheckFailure(c_.report() + f"\n  likely cause: the default momentum is not {conv.default_momentum:g} "
-                               f"({conv.name}) or the absent statistics do not start at zero"
-                               + f"\n  case: {case.describe()}")
+            c_.causes = diagnose.modes.bn_param_defaults(conv, x, rm, rv)
+            raise CheckFailure(c_.report() + f"\n  case: {case.describe()}")
 
 
 # --------------------------------------------------------------------------- eval
@@ -397,8 +402,11 @@ def _check_eval_uses_running_stats(target: Any, case: Case, device: str, check: 
     if drift:
         diff = float(np.max(np.abs(rm2 - rm))) if "running_mean" in drift else float(np.max(np.abs(rv2 - rv)))
         raise CheckFailure(f"eval mode changed {', '.join(drift)} (max change {diff:.3g}); eval must read the running "
-                           f"statistics and never update them\n  likely cause: {diagnose.modes.EVAL_UPDATES}"
-                           f"\n  case: {case.describe()}")
+                           "statistics and never update them"
+                           + diagnose.common.cause_lines(diagnose.modes.eval_updates(
+                               target.convention, target.convention.default_momentum, rm, rv, [x_eval, case.x], rm2,
+                               rv2, case.dtype))
+                           + f"\n  case: {case.describe()}")
     if not worst.ok:
         raise CheckFailure(worst.report() + f"\n  case: {case.describe()}")
 
@@ -478,7 +486,7 @@ def _check_no_tracking(target: Any, case: Case, device: str, check: Any) -> None
             cmp.causes = diagnose.forward.train_output(to_f64(out), case.x, gamma, beta, case.eps, tol, case.dtype)
             raise CheckFailure(cmp.report() + "\n  eval output equals the training output, as it must here; both "
                                f"differ from the reference\n  case: {case.describe()}")
-        cmp.causes = [diagnose.modes.NO_TRACKING_EVAL]
+        cmp.causes = diagnose.modes.no_tracking_eval(to_f64(out), case.x, gamma, beta, case.eps, tol)
         raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
 
 
@@ -560,8 +568,8 @@ def _check_state_dict_roundtrip(target: Any, case: Case, device: str, check: Any
     if problems:
         stats = ("running_mean", "running_var")
         keys = [k for k in sd if k.rsplit(".", 1)[-1] in stats]
-        cause = (f"\n  likely cause: {diagnose.modes.STATE_DICT_BUFFERS} (state_dict keys: {sorted(sd)})"
-                 if len(keys) < 2 else "")
+        cause = (diagnose.common.cause_lines(diagnose.modes.state_dict_buffers(a.module, sd))
+                 + f"\n  state_dict keys: {sorted(sd)}" if len(keys) < 2 else "")
         raise CheckFailure("state_dict round trip is not faithful (a fresh instance loaded with the trained one's "
                            "state_dict):\n  " + "\n  ".join(problems) + cause + f"\n  case: {case.describe()}")
 
@@ -626,8 +634,10 @@ def _check_mode_toggling(target: Any, case: Case, device: str, check: Any) -> No
     conv = target.convention
     inst, gamma, beta = build(target, case, device, momentum=conv.default_momentum)
     rm, rv = running64(inst, "after construction")
+    rm0, rv0 = rm.copy(), rv.copy()
     xs = batches(case, 4)
     plan = [(True, 0), (False, 1), (True, 2), (False, 3), (False, 0), (True, 3), (False, 2)]
+    seen: list[tuple[int, np.ndarray, np.ndarray]] = []  # the running statistics of each eval step that passed
     for step, (training, i) in enumerate(plan):
         x = xs[i]
         mode = "train" if training else "eval"
@@ -644,8 +654,9 @@ def _check_mode_toggling(target: Any, case: Case, device: str, check: Any) -> No
                 c = _channel_cmp(got, exp, bnd, f"{name} before eval step {step + 1} of the sequence", conv.describe())
                 check.observe(c.ratio, c.max_abs_err)
                 if not c.ok:
+                    c.causes = diagnose.modes.mode_switch(conv, conv.default_momentum, plan, xs, rm0, rv0, step,
+                                                          got_rm, got_rv, case.dtype)
                     raise CheckFailure(c.report() + f"\n  sequence so far: {_plan_text(plan[:step + 1])}"
-                                       + f"\n  likely cause: {diagnose.modes.MODE_SWITCH_STATE}"
                                        + f"\n  case: {case.describe()}")
             out = inst.forward(tensor(x, case.dtype, device), training=False)
             ref = oracle.forward_eval(x, gamma, beta, got_rm, got_rv, case.eps)
@@ -657,10 +668,14 @@ def _check_mode_toggling(target: Any, case: Case, device: str, check: Any) -> No
                 cmp.causes = diagnose.forward.train_output(to_f64(out), x, gamma, beta, case.eps, tol, case.dtype,
                                                            running64(inst, "now"))
             else:
-                cmp.causes = diagnose.forward.eval_output(to_f64(out), x, gamma, beta, got_rm, got_rv, case.eps, tol)
-                cmp.causes.append(diagnose.modes.EVAL_CACHE)
+                cmp.causes = (diagnose.forward.eval_output(to_f64(out), x, gamma, beta, got_rm, got_rv, case.eps, tol)
+                              + diagnose.modes.eval_cache(to_f64(out), x, gamma, beta, seen, case.eps, tol)
+                              + diagnose.modes.eval_updates_output(conv, conv.default_momentum, to_f64(out), x, gamma,
+                                                                   beta, got_rm, got_rv, case.eps, case.dtype))
             raise CheckFailure(cmp.report() + f"\n  sequence so far: {_plan_text(plan[:step + 1])}"
                                + f"\n  case: {case.describe()}")
+        if not training:
+            seen.append((step + 1, got_rm, got_rv))
 
 
 @pytest.mark.bnverify_examples(0.2)
@@ -703,7 +718,7 @@ def test_single_value_per_channel(bn_target, bn_device, bn_check, data):
             problems.append("the output has NaN/inf")
         if not (np.all(np.isfinite(rm)) and np.all(np.isfinite(rv))):
             problems.append(f"the running statistics became non-finite: mean {rm[:3].tolist()}, var {rv[:3].tolist()}")
-            causes.append(diagnose.modes.SINGLE_VALUE_NONFINITE)
+            causes += diagnose.modes.single_value_nonfinite(conv, conv.default_momentum, x, rm0, rv0, rm, rv)
         elif not conv.unbiased_running_var:
             erm, erv, _ = oracle.update_running(rm0, rv0, x, momentum=conv.default_momentum,
                                                 momentum_kind=conv.momentum_kind, unbiased=False)
@@ -806,5 +821,5 @@ def _check_fold(target: Any, case: Case, device: str, check: Any) -> None:
     cmp = compare(outz, yz, tol, f"eval output of {layer} -> batch norm vs the batch norm folded into the {layer}")
     check.observe(cmp.ratio, cmp.max_abs_err)
     if not cmp.ok:
-        raise CheckFailure(cmp.report() + f"\n  likely cause: {diagnose.modes.FOLDED_LAYER}"
-                           + f"\n  case: {case.describe()}")
+        cmp.causes = diagnose.modes.folded_layer(to_f64(outz), z, gamma, beta, rm, rv, case.eps, case.dtype)
+        raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")
