@@ -23,8 +23,8 @@ from bnverify.adapter import NotSupported, TargetError
 from bnverify.compare import CheckFailure, compare, to_f64
 from bnverify.instances import build, require_dtype, require_rank
 from bnverify.reference import batchnorm as oracle
-from bnverify.strategies import (DTYPES, HALF, LARGE_BATCH, RANKS, Case, cases, make_input, reported_failure,
-                                 running_stats_for, tensor, to_dtype_values, upstream_grad)
+from bnverify.strategies import (DTYPES, HALF, LARGE_BATCH, RANKS, Case, cases, make_input, ordinary_first,
+                                 reported_failure, running_stats_for, tensor, to_dtype_values, upstream_grad)
 from bnverify.strategies import dtype_id as _id
 
 pytestmark = [pytest.mark.bnverify_suite("forward"), pytest.mark.bnverify_tier("quick")]
@@ -149,17 +149,21 @@ def test_forward_eval(bn_target, bn_device, bn_check, dtype, data):
     ranks = bn_target.supported_ranks(bn_device) or [2]
     rank = data.draw(st.sampled_from(ranks), label="rank")
     case = data.draw(cases(rank, dtype, conditionings=("normal", "large_mean", "tiny_var")), label="case")
-    inst, gamma, beta = build(bn_target, case, bn_device, momentum=case.momentum)
+    ordinary_first(case, bn_check, lambda c, chk: _check_eval_output(bn_target, c, bn_device, chk))
+
+
+def _check_eval_output(target: Any, case: Case, device: str, check: Any) -> None:
+    inst, gamma, beta = build(target, case, device, momentum=case.momentum)
     rm, rv = running_stats_for(case, np.random.default_rng(case.seed + 1))
-    inst.set_running(tensor(rm, case.dtype, bn_device), tensor(rv, case.dtype, bn_device))
+    inst.set_running(tensor(rm, case.dtype, device), tensor(rv, case.dtype, device))
     run = inst.get_running()
     assert run is not None
     rm64, rv64 = to_f64(run[0]), to_f64(run[1])
-    out = inst.forward(tensor(case.x, case.dtype, bn_device), training=False)
+    out = inst.forward(tensor(case.x, case.dtype, device), training=False)
     ref = oracle.forward_eval(case.x, gamma, beta, rm64, rv64, case.eps)
     tol = tols.forward_eval(case.x, gamma, beta, rm64, rv64, case.eps, case.dtype)
     cmp = compare(out, ref, tol, "eval-mode output")
-    bn_check.observe(cmp.ratio, cmp.max_abs_err)
+    check.observe(cmp.ratio, cmp.max_abs_err)
     if not cmp.ok:
         cmp.causes = diagnose.forward.eval_output(to_f64(out), case.x, gamma, beta, rm64, rv64, case.eps, tol)
         raise CheckFailure(cmp.report() + f"\n  case: {case.describe()}")

@@ -23,6 +23,7 @@ from bnverify.runner import check
 from bnverify.strategies import (Case, Unrecorded, batches, cases, make_input, mean_over_std, ordinary_first,
                                  to_dtype_values)
 from bnverify.suites import test_bn_backward as backward
+from bnverify.suites import test_bn_forward as forward
 from bnverify.suites import test_bn_invariance as invariance
 from bnverify.suites import test_bn_modes as modes
 from bnverify.target import TargetLoadError
@@ -180,6 +181,8 @@ SUITE_CASES = [
      {"rank": 2, "case": ILL}, ORDINARY_TOO),
     ("gradcheck-no-variance-term", backward.test_gradcheck, M + "NoVarianceTermBatchNorm", {},
      {"rank": 2, "case": ILL64}, ORDINARY_TOO),
+    ("forward-eval-batch-stats", forward.test_forward_eval, M + "EvalBatchStatsBatchNorm", F32,
+     {"rank": 2, "case": ILL}, ORDINARY_TOO),
     ("modes-running-stats-biased", modes.test_running_stats, B + "BiasedRunningVarBatchNorm",
      {"dtype": torch.float32, "which": "default"}, {"rank": 2, "case": ILL}, ORDINARY_TOO),
     ("modes-running-stats-one-pass", modes.test_running_stats, M + "OnePassVarianceBatchNorm",
