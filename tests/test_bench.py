@@ -529,8 +529,10 @@ def _baseline(res, tmp_path, name, *, target=None, scale_target=1.0):
 
 
 def test_perf_gate_end_to_end(small_grid, tmp_path, monkeypatch):
-    """Against its own earlier run torch passes; against a baseline twice as fast, or as a target that
-    computes its forward three times, the report fails and names the slowed cases."""
+    """Against its own earlier run torch passes; against a baseline ten times as fast, or as a target that
+    computes its forward three times (against a baseline a third as slow as torch: 9x), the report fails
+    and names the slowed cases.  The factors are far beyond the noise of a loaded 2-core machine: with a
+    baseline only twice as fast, the default loop under load once saw the slowdown inside the noise."""
     monkeypatch.setattr(grid, "CPU_POLICY", GATE_POLICY)
     code, first = run_bench("torch", "-k", "forward_train or report")
     assert code == 0
@@ -540,14 +542,14 @@ def test_perf_gate_end_to_end(small_grid, tmp_path, monkeypatch):
     assert code == 0 and rep.outcome == "passed", rep.message
     assert rep.metrics["perf_regressions"] == 0 and len(rep.details["gate"]["decisions"]) == len(SMALL_GRID)
 
-    monkeypatch.setenv(gate.BASELINE_ENV, str(_baseline(first, tmp_path, "fast.json", scale_target=0.5)))
+    monkeypatch.setenv(gate.BASELINE_ENV, str(_baseline(first, tmp_path, "fast.json", scale_target=0.1)))
     code, res = run_bench("torch", "-k", "forward_train or report")
     rep = res["test_bench_report"]
     assert code == 1 and rep.outcome == "failed"
     assert "slower than the baseline beyond the noise" in rep.message and "forward_train 8x4x4x4" in rep.message
 
     slow = "tests.test_bench:ThriceForwardBatchNorm"
-    monkeypatch.setenv(gate.BASELINE_ENV, str(_baseline(first, tmp_path, "torch-as-slow.json", target=slow)))
+    monkeypatch.setenv(gate.BASELINE_ENV, str(_baseline(first, tmp_path, "torch-as-slow.json", target=slow, scale_target=1 / 3)))
     code, res = run_bench(slow, "-k", "forward_train or report")
     rep = res["test_bench_report"]
     assert code == 1 and rep.outcome == "failed" and rep.metrics["perf_regressions"] >= 1, rep.message

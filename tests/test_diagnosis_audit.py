@@ -36,6 +36,8 @@ TORCH, CS231N = CONVENTIONS["torch"], CONVENTIONS["cs231n"]
 # --------------------------------------------------------------------------- fixed sentences
 
 EVIDENCED = {
+    "modes.FROZEN": "running_statistics simulates it (buffers kept as constructed) before naming it",
+    "forward.NO_EPS": "train_output's hypothesis list simulates it (g (x - mean) / sqrt(var) + b) before naming it",
     "modes.SINGLE_VALUE_CORRUPTS": "the check saw the call raise after the buffers changed: that order is the cause",
     "modes.SINGLE_VALUE_NO_ERROR": "what torch does instead (ValueError), and why; not a guess at the target's code",
     "modes.GRAD_MODE_DESIGN": "probe_mode_source classified each output by the statistics that reproduce it",
@@ -353,3 +355,49 @@ def test_train_output_with_running_statistics_only_when_it_is_them():
     other = oracle.forward_eval(x, None, None, rm + 0.01, rv, 1e-5)
     assert not any("running statistics" in c for c in diagnose.forward.train_output(
         other, x, None, None, 1e-5, tol, torch.float64, (rm, rv)))
+
+
+def test_no_eps_and_a_written_in_eps_are_named_together_when_both_reproduce():
+    """Variances that dwarf eps: no eps and eps = 1e-6 give the same output within the tolerance, so the
+    report names both in one sentence; at variances near eps only the one that reproduces is named."""
+    rng = np.random.default_rng(0)
+    g, b = np.ones(3), np.zeros(3)
+    wide = rng.normal(3, 2, (16, 3))
+    narrow = rng.normal(0, 1e-3, (16, 3))
+    for x, merged in ((wide, True), (narrow, False)):
+        mu, var = x.mean(0), x.var(0)
+        tol = tols.forward_train(x, g, b, 1e-5, torch.float32)
+        for e in (1e-6, 0.0):
+            causes = diagnose.forward.train_output((x - mu) / np.sqrt(var + e), x, g, b, 1e-5, tol, torch.float32)
+            text = " | ".join(causes)
+            if merged:
+                assert "normalisation without eps, or eps = 1e-06" in text and diagnose.forward.NO_EPS not in causes
+            elif e:
+                assert "matches eps = 1e-06 everywhere" in text and "without eps" not in text, text
+            else:  # 1e-12 is still indistinguishable from none here, 1e-6 is not
+                assert "normalisation without eps" in text and "1e-06" not in text, text
+
+
+def test_frozen_buffers_under_momentum_one_name_both_causes_in_one_sentence():
+    """With momentum 1 passed, momentum read as the decay of the old value also keeps the buffers as they
+    were: the numbers cannot tell that from buffers never updated, so one sentence names both (a correct
+    Keras module under torch's convention, and modes-no-running-update, get the same line)."""
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((6, 2)) + 0.5 for _ in range(3)]
+    rm0, rv0 = np.zeros(2), np.ones(2)
+    mb, vb = _bounds(xs, rm0, rv0, 1.0)
+    causes = diagnose.modes.running_statistics(TORCH, xs, rm0, rv0, 1.0, [rm0] * 3, [rv0] * 3, mb, vb, eps=1e-5)
+    # one sentence per estimator the meaning comes with (frozen buffers cannot show the estimator)
+    assert causes and all(c.startswith("the running statistics did not change with momentum=1 passed") for c in causes)
+    assert any("--momentum-meaning old-decay" in c for c in causes) and any("--convention keras" in c for c in causes)
+    assert all("decay of the old value" in c and "never updated (bug class B8)" in c for c in causes), causes
+    frozen = diagnose.modes.running_statistics(TORCH, xs, rm0, rv0, 0.1, [rm0] * 3, [rv0] * 3,
+                                               *_bounds(xs, rm0, rv0, 0.1), eps=1e-5)
+    assert diagnose.modes.FROZEN in frozen and not any("did not change with momentum" in c for c in frozen)
+
+
+def test_a_default_momentum_that_moves_nothing_is_named_as_no_update():
+    line = diagnose.modes.default_momentum(0.0, TORCH)
+    assert "did not change" in line and "B8" in line and "pass --momentum" not in line
+    assert "pass --momentum-meaning" in diagnose.modes.default_momentum(0.9, TORCH) or "B4" in \
+        diagnose.modes.default_momentum(0.9, TORCH)

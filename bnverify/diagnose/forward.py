@@ -34,8 +34,7 @@ def train_output(
          lambda: g * (x - mu) / np.sqrt(var * m / (m - 1) + eps) + b),
         ("the output matches (x - mean) / (sqrt(var) + eps): eps belongs inside the square root, sqrt(var + eps)",
          lambda: g * (x - mu) / (np.sqrt(var) + eps) + b),
-        ("the output matches normalisation without eps: sqrt(var + eps) is needed for near-constant channels",
-         lambda: g * (x - mu) / np.sqrt(var) + b),
+        (NO_EPS, lambda: g * (x - mu) / np.sqrt(var) + b),
         ("the output matches gamma and beta swapped (beta * xhat + gamma)",
          lambda: b * (x - mu) / np.sqrt(var + eps) + g),
         ("the output matches the normalised input without the affine transform: gamma and beta were not applied",
@@ -74,9 +73,28 @@ def train_output(
                          "constant in the code (a default written into the formula) instead of the argument",
                          with_fixed_eps))
     causes = list(dict.fromkeys(matching(actual, tol, hyps)))  # a sentence once, however many variants match
+    causes = _merge_eps_causes(causes, eps)
     if not causes:
         causes += _precision(actual, x, g, b, eps, tol, dtype, wide)
     return causes
+
+
+NO_EPS = "the output matches normalisation without eps: sqrt(var + eps) is needed for near-constant channels"
+
+
+def _merge_eps_causes(causes: list[str], eps: float) -> list[str]:
+    """"Without eps" and "eps = e written into the code" in one sentence when both reproduce the output.
+
+    Where every variance dwarfs both eps values the two are the same output within the tolerance, and
+    naming either alone would claim more than the numbers show."""
+    fixed = [c for c in causes if c.startswith("the output matches eps = ") and "everywhere, not the eps it was" in c]
+    if NO_EPS not in causes or not fixed:
+        return causes
+    values = sorted((c[len("the output matches eps = "):].split(" ", 1)[0] for c in fixed), key=float, reverse=True)
+    merged = (f"the output matches a denominator without the eps it was given ({eps:g}): normalisation without eps, "
+              f"or eps = {' or '.join(values)} written into the code, reproduce it equally (this input's variances are "
+              "too large to tell them apart; a check with variances near eps does)")
+    return [merged if c == NO_EPS else c for c in causes if c not in fixed]
 
 
 def _std_floor(actual: np.ndarray, x: np.ndarray, g: np.ndarray, b: np.ndarray, mu: np.ndarray, var: np.ndarray,

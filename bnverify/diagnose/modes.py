@@ -50,6 +50,9 @@ def _life_var_plus_eps(xs: list[np.ndarray], rm0: np.ndarray, rv0: np.ndarray, *
     return means, vars_
 
 
+FROZEN = "the running statistics never change in training: they are not updated (or updated on a copy) (bug class B8)"
+
+
 def _hypotheses(conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np.ndarray,
                 momentum: float | None, eps: float | None = None) -> list[tuple[str, Life]]:
     """Other plausible behaviours, as running statistics after each step, with the sentence that names each."""
@@ -75,6 +78,13 @@ def _hypotheses(conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np
                         text += f"; if not, the {conv.name} convention stores the biased batch variance, bug class B2"
                     else:
                         text += f"; if not, the {conv.name} convention's momentum is the other way round, bug class B4"
+                weight = float(momentum) if kind == "update_fraction" else 1.0 - float(momentum)
+                if kind != conv.momentum_kind and weight == 0.0:
+                    # read this way, the momentum passed keeps the buffers as they were: that life is also the one
+                    # of buffers never updated, and these numbers cannot tell the two apart
+                    text = (f"the running statistics did not change with momentum={momentum:g} passed, which two causes "
+                            f"explain alike: {text}; or the buffers are never updated (bug class B8); the checks "
+                            "that pass other momentum values tell which")
                 hyps.append((text, _life(xs, rm0, rv0, momentum=momentum, momentum_kind=kind, unbiased=unbiased)))
         if momentum != conv.default_momentum:
             hyps.append((f"running statistics match the default momentum {conv.default_momentum:g}: the "
@@ -100,8 +110,7 @@ def _hypotheses(conv: Convention, xs: list[np.ndarray], rm0: np.ndarray, rv0: np
                          _life_var_plus_eps(xs, rm0, rv0, conv=conv, momentum=momentum, eps=eps,
                                             factor_outside=outside)))
     frozen = ([rm0] * len(xs), [rv0] * len(xs))
-    hyps.append(("the running statistics never change in training: they are not updated (or updated on a copy) "
-                 "(bug class B8)", frozen))
+    hyps.append((FROZEN, frozen))
     last = ([oracle.batch_stats(x)[0] for x in xs],
             [oracle.batch_stats(x)[1] * (x.size // x.shape[1]) / max(x.size // x.shape[1] - 1, 1)
              if conv.unbiased_running_var else oracle.batch_stats(x)[1] for x in xs])
@@ -128,8 +137,11 @@ def running_statistics(
     """Running statistics after training on ``xs`` from ``rm0``/``rv0``: which other estimator, momentum
     meaning (naming the convention that has it), ignored momentum, frozen or overwritten buffers they match,
     within the check's own per-step bounds; with ``eps``, also the eps-shifted variance accumulated."""
-    return [text for text, life in _hypotheses(conv, xs, rm0, rv0, momentum, eps)
-            if _matches_life(means, vars_, life, mean_bounds, var_bounds)]
+    found = [text for text, life in _hypotheses(conv, xs, rm0, rv0, momentum, eps)
+             if _matches_life(means, vars_, life, mean_bounds, var_bounds)]
+    if any(t.startswith("the running statistics did not change with momentum=") for t in found):
+        found = [t for t in found if t != FROZEN]  # said within the sentence that names both causes
+    return found
 
 
 # --------------------------------------------------------------------------- the counter
@@ -234,7 +246,11 @@ def _momentum_choices(weight_new: float, conv: Convention, value: str = "", eps:
 
 
 def default_momentum(weight_new: float, conv: Convention) -> str:
-    """A measured new-batch weight of the default momentum that differs from ``conv``'s."""
+    """A measured new-batch weight of the default momentum that differs from ``conv``'s (a weight of 0:
+    the statistics did not move, which no momentum meaning or flag makes correct)."""
+    if abs(weight_new) <= tols.DEFAULT_MOMENTUM_ATOL:
+        return (f"the running statistics did not change in the first training step (new-batch weight {weight_new:.3g}): "
+                "they are not updated, or updated on a copy (bug class B8); no --momentum makes that correct")
     names = [c.name for c in CONVENTIONS.values()
              if abs(c.to_update_fraction(c.default_momentum) - weight_new) <= tols.DEFAULT_MOMENTUM_ATOL]
     return (f"a new-batch weight of {weight_new:.3g}" + (f" (the default of {', '.join(names)})" if names else "")
