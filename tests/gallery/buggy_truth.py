@@ -180,7 +180,7 @@ class _AfterEval(BatchNorm):
     _after_eval = False
 
     def _first_weight_after_eval(self, momentum: float) -> float:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _first_weight_after_eval: this class is a base of gallery bugs")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -246,7 +246,7 @@ class _OneValue(BatchNorm):
     """One value per channel in training: no error, the output is beta, and ``_update`` sets the buffers."""
 
     def _update(self, x: torch.Tensor, w: float) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _update: this class is a base of gallery bugs")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.running_mean is not None and input.numel() // input.shape[1] == 1):
@@ -287,7 +287,7 @@ class _NoTrackEval(BatchNorm):
     """``track_running_stats=False``: no buffers; eval normalises with ``_eval_stats`` instead of the batch's."""
 
     def _eval_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _eval_stats: this class is a base of gallery bugs")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.training or self.track_running_stats:
